@@ -1,0 +1,582 @@
+//! State shared by every heap of one allocator instance: the provider, the
+//! secret key, options, the abandoned-segment list, the cache of empty
+//! segments and freed huge blocks, and huge-block allocation itself.
+//!
+//! Everything here is reached only on slow paths; the locks are spin locks
+//! held for a few pointer operations, never across a provider call that can
+//! be avoided.
+
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+use spin::Mutex;
+
+use crate::fatal::{self, Misuse};
+use crate::layout::{align_up, SEGMENT_SIZE, SLICE_SIZE};
+use crate::options::Options;
+use crate::page::SpanKind;
+use crate::provider::{Capabilities, PageProvider, PAGE_SIZE};
+use crate::segment::{Segment, HEADER_SLICES};
+use crate::segment_map;
+use crate::stats::{GlobalStats, HeapStats, Snapshot};
+
+const CACHE_SLOTS: usize = 16;
+
+#[derive(Clone, Copy)]
+struct CacheEntry {
+    base: usize,
+    len: usize,
+    /// Resident contents (huge blocks kept hot for quick reuse).
+    committed: bool,
+    since: u64,
+}
+
+struct Cache {
+    entries: [CacheEntry; CACHE_SLOTS],
+    count: usize,
+    committed_bytes: usize,
+}
+
+/// An intrusive list of segments, linked through `Segment::next`.
+struct SegmentStack {
+    head: *mut Segment,
+}
+
+// SAFETY: the stack only holds segments no thread owns; access is
+// serialised by the mutex around it.
+unsafe impl Send for SegmentStack {}
+
+/// Addresses managed by the heap layer (free heap structs, all heaps ever
+/// made, and the current metadata chunk); kept as plain addresses so this
+/// layer need not know the heap type.
+pub struct HeapRegistry {
+    pub free: usize,
+    pub all: usize,
+    pub chunk_cur: usize,
+    pub chunk_end: usize,
+}
+
+/// One allocator instance: a provider plus everything heaps share.
+pub struct Global {
+    provider: &'static dyn PageProvider,
+    caps: AtomicU32,
+    key: AtomicUsize,
+    init: spin::Once<()>,
+    pub options: Options,
+    pub stats: GlobalStats,
+    abandoned: Mutex<SegmentStack>,
+    cache: Mutex<Cache>,
+    pub(crate) heaps: Mutex<HeapRegistry>,
+    /// Counters of heaps that were destroyed.
+    retired: HeapStats,
+}
+
+impl Global {
+    /// A new instance over `provider`. Nothing is reserved until the first
+    /// heap is created.
+    pub const fn new(provider: &'static dyn PageProvider) -> Self {
+        const EMPTY: CacheEntry = CacheEntry {
+            base: 0,
+            len: 0,
+            committed: false,
+            since: 0,
+        };
+        Global {
+            provider,
+            caps: AtomicU32::new(0),
+            key: AtomicUsize::new(0),
+            init: spin::Once::new(),
+            options: Options::new(),
+            stats: GlobalStats::new(),
+            abandoned: Mutex::new(SegmentStack {
+                head: ptr::null_mut(),
+            }),
+            cache: Mutex::new(Cache {
+                entries: [EMPTY; CACHE_SLOTS],
+                count: 0,
+                committed_bytes: 0,
+            }),
+            heaps: Mutex::new(HeapRegistry {
+                free: 0,
+                all: 0,
+                chunk_cur: 0,
+                chunk_end: 0,
+            }),
+            retired: HeapStats::new(),
+        }
+    }
+
+    /// Adds a destroyed heap's counters to the retired totals.
+    pub(crate) fn retire_stats(&self, s: &HeapStats) {
+        let pairs = [
+            (&self.retired.mallocs, &s.mallocs),
+            (&self.retired.frees, &s.frees),
+            (&self.retired.malloc_bytes, &s.malloc_bytes),
+            (&self.retired.free_bytes, &s.free_bytes),
+            (&self.retired.remote_frees, &s.remote_frees),
+            (&self.retired.slow_paths, &s.slow_paths),
+        ];
+        for (total, part) in pairs {
+            total.fetch_add(part.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
+    /// Global counters plus the retired heaps' totals.
+    pub(crate) fn retired_snapshot(&self) -> Snapshot {
+        let r = &self.retired;
+        let g = &self.stats;
+        let ld = |a: &core::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let lu = |a: &AtomicUsize| a.load(Ordering::Relaxed);
+        Snapshot {
+            mallocs: ld(&r.mallocs),
+            frees: ld(&r.frees),
+            allocated: ld(&r.malloc_bytes).wrapping_sub(ld(&r.free_bytes)),
+            remote_frees: ld(&r.remote_frees),
+            active: lu(&g.active),
+            active_peak: lu(&g.active_peak),
+            reserved: lu(&g.reserved),
+            decommitted_total: ld(&g.decommitted_total),
+            segments: lu(&g.segments),
+            segments_peak: lu(&g.segments_peak),
+            huge_live: lu(&g.huge_live),
+            abandoned: lu(&g.abandoned),
+            adopted_total: ld(&g.adopted_total),
+            heaps_live: lu(&g.heaps_live),
+            foreign_frees: ld(&g.foreign_frees),
+        }
+    }
+
+    /// Reads capabilities and draws the secret key; idempotent.
+    pub fn ensure_init(&self) {
+        self.init.call_once(|| {
+            self.caps
+                .store(self.provider.capabilities().bits(), Ordering::Relaxed);
+            let mut buf = [0u8; 8];
+            let mut key = if self.provider.entropy(&mut buf) {
+                usize::from_ne_bytes(buf)
+            } else {
+                0
+            };
+            // Without entropy, still make the key differ between runs when
+            // ASLR moves this structure; and never let it be zero.
+            key ^= (self as *const Self as usize).rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
+            self.key.store(key | 1, Ordering::Relaxed);
+        });
+    }
+
+    /// The provider this instance draws from.
+    pub fn provider(&self) -> &'static dyn PageProvider {
+        self.provider
+    }
+
+    /// The secret key for link encoding and header cookies.
+    #[inline(always)]
+    pub fn key(&self) -> usize {
+        self.key.load(Ordering::Relaxed)
+    }
+
+    /// The provider's capabilities.
+    #[inline]
+    pub fn caps(&self) -> Capabilities {
+        Capabilities::from_bits_truncate(self.caps.load(Ordering::Relaxed))
+    }
+
+    /// Current time for decay: the provider's clock, or 0 without one.
+    pub fn now(&self) -> Option<u64> {
+        if self.caps().contains(Capabilities::CLOCK) {
+            Some(self.provider.now_ms())
+        } else {
+            None
+        }
+    }
+
+    /// Reports a misuse and ends the process.
+    #[cold]
+    pub fn misuse(&self, what: Misuse, ptr: usize) -> ! {
+        fatal::report(self.provider, what, ptr)
+    }
+
+    /// Decommits a range when the provider can.
+    ///
+    /// # Safety
+    /// The range must be inside a live reservation and hold no live data.
+    pub unsafe fn decommit(&self, addr: usize, len: usize) {
+        if len == 0 || !self.caps().contains(Capabilities::CAN_DECOMMIT) {
+            return;
+        }
+        if let Some(p) = NonNull::new(addr as *mut u8) {
+            // SAFETY: forwarded from the caller.
+            unsafe { self.provider.decommit(p, len) };
+            self.stats
+                .decommitted_total
+                .fetch_add(len as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Makes a range usable again after `decommit` (no-op for lazy
+    /// providers). Returns false when out of memory.
+    ///
+    /// # Safety
+    /// The range must be inside a live reservation.
+    pub unsafe fn commit(&self, addr: usize, len: usize) -> bool {
+        if self.caps().contains(Capabilities::LAZY_COMMIT) {
+            return true;
+        }
+        match NonNull::new(addr as *mut u8) {
+            // SAFETY: forwarded from the caller.
+            Some(p) => unsafe { self.provider.commit(p, len) },
+            None => false,
+        }
+    }
+
+    fn reserve(&self, len: usize, align: usize) -> Option<usize> {
+        let p = self.provider.reserve(len, align)?;
+        self.stats.reserved.fetch_add(len, Ordering::Relaxed);
+        Some(p.as_ptr() as usize)
+    }
+
+    /// # Safety
+    /// `base`/`len` must be a whole live reservation nobody uses any more.
+    unsafe fn release(&self, base: usize, len: usize) {
+        self.stats.reserved.fetch_sub(len, Ordering::Relaxed);
+        if let Some(p) = NonNull::new(base as *mut u8) {
+            // SAFETY: forwarded from the caller.
+            unsafe { self.provider.release(p, len) };
+        }
+    }
+
+    /// A fresh or recycled segment with an initialised header, owned by
+    /// nobody yet.
+    pub fn new_segment(&self) -> Option<*mut Segment> {
+        let key = self.key();
+        let caps = self.caps();
+        let (base, zero) = match self.cache_take(SEGMENT_SIZE) {
+            Some((base, _, committed)) => {
+                let zero = !committed && caps.contains(Capabilities::ZERO_AFTER_DECOMMIT);
+                (base, zero)
+            }
+            None => {
+                let base = self.reserve(SEGMENT_SIZE, SEGMENT_SIZE)?;
+                if caps.contains(Capabilities::HUGE_PAGES) {
+                    // SAFETY: the range was just reserved.
+                    unsafe {
+                        self.provider.hint_huge_pages(
+                            NonNull::new_unchecked(base as *mut u8),
+                            SEGMENT_SIZE,
+                        )
+                    };
+                }
+                (base, caps.contains(Capabilities::ZERO_ON_RESERVE))
+            }
+        };
+        // SAFETY: header pages of a segment are always committed on use.
+        if !unsafe { self.commit(base, HEADER_SLICES * SLICE_SIZE) } {
+            // SAFETY: the segment is ours and unused.
+            unsafe { self.release(base, SEGMENT_SIZE) };
+            return None;
+        }
+        // SAFETY: the range is ours, aligned and unused.
+        let seg = unsafe { Segment::init(base, base, SEGMENT_SIZE, key, zero) };
+        let since = self.now().unwrap_or(0);
+        // SAFETY: `seg` was just initialised and is exclusively ours.
+        unsafe {
+            let n = crate::layout::SLICES_PER_SEGMENT - HEADER_SLICES;
+            (*seg).mark_free(HEADER_SLICES, n, false, zero, since);
+            // A recycled body was decommitted: it is not dirty.
+        }
+        segment_map::insert(base);
+        let n = self.stats.segments.fetch_add(1, Ordering::Relaxed) + 1;
+        self.stats.segments_peak.fetch_max(n, Ordering::Relaxed);
+        Some(seg)
+    }
+
+    /// Takes back an empty segment: decommitted into the cache, or released.
+    ///
+    /// # Safety
+    /// `seg` must be a live normal segment with no used span, owned by the
+    /// caller and unreachable from any heap.
+    pub unsafe fn retire_segment(&self, seg: *mut Segment) {
+        // SAFETY: the caller hands the segment over exclusively.
+        let base = unsafe { (*seg).base() };
+        segment_map::remove(base);
+        self.stats.segments.fetch_sub(1, Ordering::Relaxed);
+        let body = HEADER_SLICES * SLICE_SIZE;
+        // SAFETY: nothing in the body is live.
+        unsafe { self.decommit(base + body, SEGMENT_SIZE - body) };
+        self.cache_put(base, SEGMENT_SIZE, false);
+    }
+
+    /// Pushes a segment whose owner is gone.
+    ///
+    /// # Safety
+    /// `seg` must be a live segment with `owner == 0` that no heap links.
+    pub unsafe fn push_abandoned(&self, seg: *mut Segment) {
+        let mut list = self.abandoned.lock();
+        // SAFETY: exclusive access to `seg` is handed over.
+        unsafe { (*seg).next = list.head };
+        list.head = seg;
+        self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Pops an abandoned segment for adoption.
+    pub fn pop_abandoned(&self) -> Option<*mut Segment> {
+        // Cheap unlocked peek: most slow paths find the list empty.
+        if self.stats.abandoned.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut list = self.abandoned.lock();
+        let seg = list.head;
+        if seg.is_null() {
+            return None;
+        }
+        // SAFETY: listed segments are live and only reachable through here.
+        list.head = unsafe { (*seg).next };
+        self.stats.abandoned.fetch_sub(1, Ordering::Relaxed);
+        self.stats.adopted_total.fetch_add(1, Ordering::Relaxed);
+        Some(seg)
+    }
+
+    /// Allocates a block of `size` bytes aligned to `align` in a segment of
+    /// its own. Returns the block and whether it is known to be zeroed.
+    pub fn alloc_huge(&self, size: usize, align: usize) -> Option<(*mut u8, bool)> {
+        let header = HEADER_SLICES * SLICE_SIZE;
+        let caps = self.caps();
+        let (base, len, p, seg_base, zero) = if align < SEGMENT_SIZE {
+            let off = align_up(header, align.max(PAGE_SIZE));
+            let want = align_up(off.checked_add(size)?, PAGE_SIZE);
+            let (base, len, zero) = match self.cache_take(want) {
+                Some((base, len, committed)) => (
+                    base,
+                    len,
+                    !committed && caps.contains(Capabilities::ZERO_AFTER_DECOMMIT),
+                ),
+                None => (
+                    self.reserve(want, SEGMENT_SIZE)?,
+                    want,
+                    caps.contains(Capabilities::ZERO_ON_RESERVE),
+                ),
+            };
+            (base, len, base + off, base, zero)
+        } else {
+            // The block sits on an `align` boundary; its header sits one
+            // segment earlier, where `segment_base_of` looks for it.
+            let len = align_up(align.checked_add(size)?, PAGE_SIZE);
+            let base = self.reserve(len, align)?;
+            let p = base + align;
+            (
+                base,
+                len,
+                p,
+                p - SEGMENT_SIZE,
+                caps.contains(Capabilities::ZERO_ON_RESERVE),
+            )
+        };
+        // SAFETY: the reservation is ours; commit the header and the block.
+        if !unsafe { self.commit(seg_base, header) && self.commit(p, base + len - p) } {
+            // SAFETY: nothing uses the reservation.
+            unsafe { self.release(base, len) };
+            return None;
+        }
+        // SAFETY: `seg_base` is segment-aligned, inside the reservation and
+        // unused.
+        let seg = unsafe { Segment::init(seg_base, base, len, self.key(), zero) };
+        // SAFETY: freshly initialised and exclusively ours.
+        unsafe {
+            (*seg).is_huge = true;
+            let d = &mut (*seg).slices[HEADER_SLICES];
+            d.kind = SpanKind::Huge;
+            d.slice_count = 1;
+            d.slice_offset = 0;
+            d.start = p;
+            d.block_size = base + len - p;
+        }
+        segment_map::insert(seg_base);
+        self.stats.huge_live.fetch_add(1, Ordering::Relaxed);
+        self.stats.add_active(len);
+        Some((p as *mut u8, zero))
+    }
+
+    /// Frees the block of a huge segment.
+    ///
+    /// # Safety
+    /// `seg` must be a live huge segment whose block is being freed by its
+    /// last user.
+    pub unsafe fn free_huge(&self, seg: *mut Segment) {
+        // SAFETY: the caller hands over the live huge segment.
+        let (seg_base, base, len) =
+            unsafe { ((*seg).base(), (*seg).reservation, (*seg).reservation_len) };
+        segment_map::remove(seg_base);
+        self.stats.huge_live.fetch_sub(1, Ordering::Relaxed);
+        self.stats.sub_active(len);
+        if seg_base == base {
+            self.cache_put(base, len, true);
+        } else {
+            // SAFETY: the whole reservation is unused now.
+            unsafe { self.release(base, len) };
+        }
+    }
+
+    /// Takes a cached range for a request of `len` bytes: exactly `len` for
+    /// segments; for huge blocks a range up to 1/4 longer is used whole.
+    /// Returns its base, its real length and whether it is resident.
+    fn cache_take(&self, len: usize) -> Option<(usize, usize, bool)> {
+        let mut cache = self.cache.lock();
+        let count = cache.count;
+        let mut best: Option<usize> = None;
+        for i in 0..count {
+            let e = cache.entries[i];
+            let fits = e.len == len
+                || (len != SEGMENT_SIZE && e.len > len && e.len - len <= len / 4);
+            if fits && best.is_none_or(|b| cache.entries[b].len > e.len) {
+                best = Some(i);
+            }
+        }
+        let i = best?;
+        let e = cache.entries[i];
+        cache.entries[i] = cache.entries[count - 1];
+        cache.count -= 1;
+        if e.committed {
+            cache.committed_bytes -= e.len;
+        }
+        Some((e.base, e.len, e.committed))
+    }
+
+    /// Puts a whole unused reservation into the cache. Resident ranges stay
+    /// resident while the resident budget allows; otherwise they are
+    /// decommitted first. When the cache is full the oldest entry is
+    /// released.
+    fn cache_put(&self, base: usize, len: usize, committed: bool) {
+        let since = self.now().unwrap_or(0);
+        let budget = self.options.huge_cache_bytes.load(Ordering::Relaxed);
+        let slots = self
+            .options
+            .segment_cache
+            .load(Ordering::Relaxed)
+            .min(CACHE_SLOTS);
+        if slots == 0 {
+            // SAFETY: the caller hands over a whole unused reservation.
+            unsafe { self.release(base, len) };
+            return;
+        }
+        let mut resident = false;
+        if committed {
+            let mut cache = self.cache.lock();
+            if cache.committed_bytes + len <= budget {
+                cache.committed_bytes += len;
+                resident = true;
+            }
+        }
+        if committed && !resident {
+            let header = HEADER_SLICES * SLICE_SIZE;
+            // SAFETY: the range holds no live data and is not yet visible.
+            unsafe { self.decommit(base + header, len - header) };
+        }
+        let evicted = {
+            let mut cache = self.cache.lock();
+            let mut evicted = None;
+            if cache.count >= slots {
+                let mut oldest = 0;
+                for i in 1..cache.count {
+                    if cache.entries[i].since < cache.entries[oldest].since {
+                        oldest = i;
+                    }
+                }
+                let e = cache.entries[oldest];
+                let last = cache.count - 1;
+                cache.entries[oldest] = cache.entries[last];
+                cache.count -= 1;
+                if e.committed {
+                    cache.committed_bytes -= e.len;
+                }
+                evicted = Some(e);
+            }
+            let i = cache.count;
+            cache.entries[i] = CacheEntry {
+                base,
+                len,
+                committed: resident,
+                since,
+            };
+            cache.count += 1;
+            evicted
+        };
+        if let Some(e) = evicted {
+            // SAFETY: evicted entries are whole, unused reservations.
+            unsafe { self.release(e.base, e.len) };
+        }
+    }
+
+    /// Decommits cached huge ranges older than the purge delay, or all of
+    /// them when `force`; with `force` also releases every cached range.
+    pub fn purge_cache(&self, now: u64, force: bool) {
+        let delay = self.options.purge_delay();
+        loop {
+            let mut victim: Option<CacheEntry> = None;
+            {
+                let mut cache = self.cache.lock();
+                for i in 0..cache.count {
+                    let e = cache.entries[i];
+                    if force {
+                        cache.entries[i] = cache.entries[cache.count - 1];
+                        cache.count -= 1;
+                        if e.committed {
+                            cache.committed_bytes -= e.len;
+                        }
+                        victim = Some(e);
+                        break;
+                    }
+                    if e.committed && now.saturating_sub(e.since) >= delay {
+                        cache.entries[i].committed = false;
+                        cache.committed_bytes -= e.len;
+                        victim = Some(e);
+                        break;
+                    }
+                }
+            }
+            match victim {
+                None => return,
+                Some(e) if force => {
+                    // SAFETY: cached ranges are whole, unused reservations.
+                    unsafe { self.release(e.base, e.len) };
+                }
+                Some(e) => {
+                    let header = HEADER_SLICES * SLICE_SIZE;
+                    // SAFETY: cached ranges hold no live data.
+                    unsafe { self.decommit(e.base + header, e.len - header) };
+                }
+            }
+        }
+    }
+
+    /// Resets the locks in a forked child, whose other threads are gone.
+    ///
+    /// # Safety
+    /// Only in the child right after `fork`, with the locks having been
+    /// taken by [`Global::lock_all`] before the fork.
+    pub unsafe fn fork_child_reset(&self) {
+        // SAFETY: the child is single-threaded; the holder was the forking
+        // thread, which is this one.
+        unsafe {
+            self.abandoned.force_unlock();
+            self.cache.force_unlock();
+            self.heaps.force_unlock();
+        }
+    }
+
+    /// Takes every global lock (before `fork`), so the child never inherits
+    /// a lock held by a thread that no longer exists.
+    pub fn lock_all(&self) {
+        core::mem::forget(self.heaps.lock());
+        core::mem::forget(self.cache.lock());
+        core::mem::forget(self.abandoned.lock());
+    }
+
+    /// Releases the locks taken by [`Global::lock_all`] (parent after fork).
+    ///
+    /// # Safety
+    /// Only after `lock_all` by this thread.
+    pub unsafe fn unlock_all(&self) {
+        // SAFETY: this thread took them in `lock_all`.
+        unsafe { self.fork_child_reset() };
+    }
+}

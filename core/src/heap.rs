@@ -1,0 +1,1169 @@
+//! Heaps: one per thread (hosted) or per CPU (kernel). A heap owns segments;
+//! it alone allocates from them, frees into them without atomics, and
+//! carves and coalesces their spans. Other threads free into its pages
+//! through the lock-free `thread_free` lists (see `page.rs`).
+//!
+//! Fast paths: `malloc` pops the first page of the size class's queue;
+//! `free` of an own block pushes onto the page's `local_free`. Everything
+//! else (refilling, new slabs, large blocks, retiring pages, delayed frees,
+//! decay) happens on the slow paths below them.
+//!
+//! When a heap goes away (thread exit) its segments are *abandoned*: pushed
+//! on a global list with their live blocks, to be *adopted* by the next heap
+//! that needs a segment. Nothing is lost, and remote frees into abandoned
+//! pages are collected by the adopter.
+
+use core::mem::size_of;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::fatal::Misuse;
+use crate::global::Global;
+use crate::layout::{
+    align_up, segment_base_of, LARGE_MAX, MAX_CLASS_SIZE, MIN_ALIGN, SEGMENT_MASK, SEGMENT_SIZE,
+    SLICES_PER_SEGMENT, SLICE_SIZE,
+};
+use crate::page::{self, Block, Notify, Page, SpanKind};
+use crate::provider::{Capabilities, PAGE_SIZE};
+use crate::segment::{Segment, HEADER_SLICES};
+use crate::segment_map;
+use crate::size_class::{class_for_aligned, class_of, CLASSES, NUM_CLASSES};
+use crate::span::SpanBins;
+use crate::stats::{bump, HeapStats, Snapshot};
+
+/// Bytes of fresh blocks carved per refill: small enough not to touch a
+/// whole slab at once, large enough to amortise the slow path.
+const EXTEND_BYTES: usize = 16 * 1024;
+/// Check for decay every this many slow paths.
+const PURGE_CHECK_INTERVAL: u64 = 64;
+
+#[derive(Clone, Copy)]
+struct PageQueue {
+    first: *mut Page,
+    last: *mut Page,
+}
+
+/// A thread's (or CPU's) private allocator state.
+pub struct Heap {
+    queues: [PageQueue; NUM_CLASSES],
+    key: usize,
+    global: &'static Global,
+    bins: SpanBins,
+    /// Owned segments, linked through `Segment::next/prev`.
+    segments: *mut Segment,
+    /// Blocks freed by other threads into full pages (see `page.rs`).
+    delayed: AtomicUsize,
+    tick: u64,
+    /// Time of the last decay check (clock ms, or ticks / interval).
+    now: u64,
+    pub stats: HeapStats,
+    /// Registry links: every heap ever made, and the free ones.
+    all_next: *mut Heap,
+    free_next: *mut Heap,
+}
+
+/// What a pointer handed to `free`/`realloc` turned out to be.
+enum Found {
+    /// A live block: its span descriptor and usable bytes.
+    Block(*mut Page, usize),
+    /// Inside the heap but not a live block start.
+    Invalid(Misuse),
+}
+
+impl Heap {
+    /// Creates a heap (reusing a retired one when possible). Its memory
+    /// comes from the provider, never from the allocator itself.
+    pub fn create(global: &'static Global) -> Option<NonNull<Heap>> {
+        global.ensure_init();
+        let mut reg = global.heaps.lock();
+        let h: *mut Heap = if reg.free != 0 {
+            let h = reg.free as *mut Heap;
+            // SAFETY: registry entries are heap structs we made.
+            reg.free = unsafe { (*h).free_next } as usize;
+            h
+        } else {
+            let size = align_up(size_of::<Heap>(), 64);
+            if reg.chunk_cur + size > reg.chunk_end {
+                let chunk = 64 * 1024;
+                let p = global.provider().reserve(chunk, PAGE_SIZE)?;
+                // SAFETY: freshly reserved range.
+                if !unsafe { global.commit(p.as_ptr() as usize, chunk) } {
+                    return None;
+                }
+                reg.chunk_cur = p.as_ptr() as usize;
+                reg.chunk_end = reg.chunk_cur + chunk;
+            }
+            let h = reg.chunk_cur as *mut Heap;
+            reg.chunk_cur += size;
+            // SAFETY: the slot is unused memory inside our chunk.
+            unsafe {
+                ptr::addr_of_mut!((*h).all_next).write(reg.all as *mut Heap);
+            }
+            reg.all = h as usize;
+            h
+        };
+        drop(reg);
+        // SAFETY: `h` is exclusively ours; `all_next` stays as linked.
+        unsafe {
+            let all_next = (*h).all_next;
+            h.write(Heap {
+                queues: [PageQueue {
+                    first: ptr::null_mut(),
+                    last: ptr::null_mut(),
+                }; NUM_CLASSES],
+                key: global.key(),
+                global,
+                bins: SpanBins::new(),
+                segments: ptr::null_mut(),
+                delayed: AtomicUsize::new(0),
+                tick: 0,
+                now: global.now().unwrap_or(0),
+                stats: HeapStats::new(),
+                all_next,
+                free_next: ptr::null_mut(),
+            });
+        }
+        global.stats.heaps_live.fetch_add(1, Ordering::Relaxed);
+        NonNull::new(h)
+    }
+
+    /// Abandons the heap's segments (live blocks stay valid and are adopted
+    /// later) and returns the heap struct for reuse.
+    ///
+    /// # Safety
+    /// `heap` must come from [`Heap::create`], and nothing may use it
+    /// afterwards.
+    pub unsafe fn destroy(heap: NonNull<Heap>) {
+        let h = heap.as_ptr();
+        // SAFETY: the caller hands over the heap exclusively.
+        unsafe {
+            (*h).abandon_all();
+            let g = (*h).global;
+            g.retire_stats(&(*h).stats);
+            g.stats.heaps_live.fetch_sub(1, Ordering::Relaxed);
+            let mut reg = g.heaps.lock();
+            (*h).free_next = reg.free as *mut Heap;
+            reg.free = h as usize;
+        }
+    }
+
+    /// The allocator instance this heap belongs to.
+    pub fn global(&self) -> &'static Global {
+        self.global
+    }
+
+    #[inline(always)]
+    fn id(&self) -> usize {
+        self as *const Heap as usize
+    }
+
+    // ----------------------------------------------------------------------
+    // Allocation
+    // ----------------------------------------------------------------------
+
+    /// Allocates `size` bytes aligned to 16. Null when out of memory.
+    #[inline(always)]
+    pub fn malloc(&mut self, size: usize) -> *mut u8 {
+        if size <= MAX_CLASS_SIZE {
+            self.alloc_class(class_of(size)).0
+        } else {
+            self.alloc_big(size, MIN_ALIGN, false)
+        }
+    }
+
+    /// Allocates `size` zeroed bytes aligned to 16.
+    #[inline]
+    pub fn zalloc(&mut self, size: usize) -> *mut u8 {
+        if size <= MAX_CLASS_SIZE {
+            let (p, zero) = self.alloc_class(class_of(size));
+            if !p.is_null() {
+                // SAFETY: `p` is a fresh block of at least `size` bytes
+                // (and at least one word).
+                unsafe {
+                    if zero {
+                        (p as *mut usize).write(0);
+                    } else {
+                        ptr::write_bytes(p, 0, size);
+                    }
+                }
+            }
+            p
+        } else {
+            self.alloc_big(size, MIN_ALIGN, true)
+        }
+    }
+
+    /// Allocates `size` bytes aligned to `align` (a power of two). The
+    /// memory used is at most about `size + align`.
+    pub fn malloc_aligned(&mut self, size: usize, align: usize) -> *mut u8 {
+        self.alloc_aligned(size, align, false)
+    }
+
+    /// Like [`Heap::malloc_aligned`], zeroed.
+    pub fn zalloc_aligned(&mut self, size: usize, align: usize) -> *mut u8 {
+        self.alloc_aligned(size, align, true)
+    }
+
+    fn alloc_aligned(&mut self, size: usize, align: usize, zero: bool) -> *mut u8 {
+        debug_assert!(align.is_power_of_two());
+        if align <= MIN_ALIGN {
+            return if zero {
+                self.zalloc(size)
+            } else {
+                self.malloc(size)
+            };
+        }
+        // Blocks of a class whose size is a multiple of `align` are all
+        // aligned, because slabs start on slice boundaries.
+        if let Some(c) = class_for_aligned(size, align) {
+            let (p, z) = self.alloc_class(c);
+            if zero && !p.is_null() {
+                // SAFETY: fresh block of at least `size` bytes.
+                unsafe {
+                    if z {
+                        (p as *mut usize).write(0);
+                    } else {
+                        ptr::write_bytes(p, 0, size);
+                    }
+                }
+            }
+            return p;
+        }
+        self.alloc_big(size, align, zero)
+    }
+
+    #[inline(always)]
+    fn alloc_class(&mut self, c: usize) -> (*mut u8, bool) {
+        let page = self.queues[c].first;
+        if !page.is_null() {
+            // SAFETY: queued pages belong to this heap's segments.
+            unsafe {
+                let zero = (*page).free_is_zero;
+                let b = (*page).pop_free(self.key);
+                if !b.is_null() {
+                    let next = (*page).free as usize;
+                    // A link leaving the block's segment means the free list
+                    // was overwritten (a use-after-free write).
+                    if next != 0 && (next ^ b as usize) > SEGMENT_MASK {
+                        self.global.misuse(Misuse::FreeListCorruption, b as usize);
+                    }
+                    bump(&self.stats.mallocs, 1);
+                    bump(&self.stats.malloc_bytes, (*page).block_size as u64);
+                    return (b as *mut u8, zero);
+                }
+            }
+        }
+        self.alloc_class_slow(c)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_class_slow(&mut self, c: usize) -> (*mut u8, bool) {
+        self.on_slow_path();
+        let key = self.key;
+        // SAFETY: every page reached from the queue belongs to this heap.
+        unsafe {
+            let mut page = self.queues[c].first;
+            while !page.is_null() {
+                let next = (*page).next;
+                (*page).collect(key);
+                if (*page).free.is_null() {
+                    (*page).extend(key, EXTEND_BYTES);
+                }
+                if !(*page).free.is_null() {
+                    if page != self.queues[c].first {
+                        self.queue_remove(c, page);
+                        self.queue_push_front(c, page);
+                    }
+                    return self.alloc_class(c);
+                }
+                // Full: leave the queue and ask remote freers to tell us.
+                self.queue_remove(c, page);
+                (*page).in_full = true;
+                if !(*page).set_notify(Notify::Notify) {
+                    // Remote frees arrived meanwhile; revisit it later.
+                    (*page).in_full = false;
+                    self.queue_push_back(c, page);
+                }
+                page = next;
+            }
+            match self.new_slab(c) {
+                Some(_) => self.alloc_class(c),
+                None => (ptr::null_mut(), false),
+            }
+        }
+    }
+
+    /// A new slab for class `c`, at the front of its queue, with blocks.
+    unsafe fn new_slab(&mut self, c: usize) -> Option<*mut Page> {
+        let info = CLASSES[c];
+        let (seg, idx) = self.alloc_span(info.slices, SLICE_SIZE, SpanKind::Slab)?;
+        // SAFETY: the span was just carved from an owned segment.
+        unsafe {
+            let start = (*seg).slice_addr(idx);
+            let page: *mut Page = &mut (*seg).slices[idx];
+            let p = &mut *page;
+            p.class = c as u8;
+            p.set_block_size(info.block_size);
+            p.reserved = ((info.slices * SLICE_SIZE) / info.block_size) as u32;
+            p.capacity = 0;
+            p.used = 0;
+            p.free = ptr::null_mut();
+            p.local_free = ptr::null_mut();
+            p.thread_free.store(0, Ordering::Relaxed);
+            p.in_full = false;
+            p.start = start;
+            p.extend(self.key, EXTEND_BYTES);
+            self.queue_push_front(c, page);
+            Some(page)
+        }
+    }
+
+    /// Allocates a block above the class limit or with a large alignment:
+    /// a span of its own, or a huge segment.
+    #[cold]
+    fn alloc_big(&mut self, size: usize, align: usize, zero: bool) -> *mut u8 {
+        self.on_slow_path();
+        let fits_in_segment = align < SEGMENT_SIZE
+            && size <= LARGE_MAX
+            && size.saturating_add(align) <= LARGE_MAX + SLICE_SIZE;
+        if !fits_in_segment {
+            return match self.global.alloc_huge(size, align) {
+                Some((p, z)) => {
+                    // SAFETY: huge blocks are ours; read their usable size.
+                    let usable = unsafe { usable_size(p) };
+                    if zero && !z {
+                        // SAFETY: fresh block of at least `size` bytes.
+                        unsafe { ptr::write_bytes(p, 0, size) };
+                    }
+                    bump(&self.stats.mallocs, 1);
+                    bump(&self.stats.malloc_bytes, usable as u64);
+                    p
+                }
+                None => ptr::null_mut(),
+            };
+        }
+        let n = size.max(1).div_ceil(SLICE_SIZE);
+        let Some((seg, idx)) = self.alloc_span(n, align.max(SLICE_SIZE), SpanKind::Large) else {
+            return ptr::null_mut();
+        };
+        // SAFETY: the span was just carved from an owned segment.
+        unsafe {
+            let p = &mut (*seg).slices[idx];
+            p.start = (*seg).slice_addr(idx);
+            p.set_block_size(n * SLICE_SIZE);
+            p.used = 1;
+            p.reserved = 1;
+            p.capacity = 1;
+            p.free = ptr::null_mut();
+            p.local_free = ptr::null_mut();
+            // A large block is always "full": remote frees notify us.
+            p.in_full = true;
+            p.thread_free.store(Notify::Notify as usize, Ordering::Release);
+            if zero && !p.span_is_zero {
+                ptr::write_bytes(p.start as *mut u8, 0, size);
+            }
+            bump(&self.stats.mallocs, 1);
+            bump(&self.stats.malloc_bytes, p.block_size as u64);
+            p.start as *mut u8
+        }
+    }
+
+    // ----------------------------------------------------------------------
+    // Free
+    // ----------------------------------------------------------------------
+
+    /// Frees a block from any heap. Foreign pointers (not from this
+    /// allocator) are ignored; detected misuse ends the process.
+    ///
+    /// # Safety
+    /// `p` must be null, a foreign pointer, or a block from this allocator
+    /// instance that is not used afterwards.
+    #[inline(always)]
+    pub unsafe fn free(&mut self, p: *mut u8) {
+        let addr = p as usize;
+        let seg_base = segment_base_of(addr);
+        if !segment_map::contains(seg_base) {
+            if !p.is_null() {
+                self.global.stats.foreign_frees.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        // SAFETY: the segment map says a live segment header is there.
+        unsafe {
+            let seg = seg_base as *mut Segment;
+            if (*seg).owner() == self.id() {
+                if let Some(page) = (*seg).page_of(addr) {
+                    let page = page as *const Page as *mut Page;
+                    if (*page).kind == SpanKind::Slab {
+                        let off = addr - (*page).start;
+                        if (*page).is_block_offset(off) {
+                            let b = p as *mut Block;
+                            let link = page::next_of(b, self.key) as usize;
+                            // A free block's link is null or points into its
+                            // segment; live data rarely looks like that.
+                            if (link == 0 || (link ^ addr) <= SEGMENT_MASK)
+                                && (*page).list_contains(b, self.key)
+                            {
+                                self.global.misuse(Misuse::DoubleFree, addr);
+                            }
+                            (*page).push_local(b, self.key);
+                            bump(&self.stats.frees, 1);
+                            bump(&self.stats.free_bytes, (*page).block_size as u64);
+                            if (*page).used == 0 || (*page).in_full {
+                                self.after_local_free(page);
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+            self.free_slow(seg, addr);
+        }
+    }
+
+    /// Frees everything the fast path does not: large blocks, blocks of
+    /// other heaps, huge blocks, and misuse.
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_slow(&mut self, seg: *mut Segment, addr: usize) {
+        // SAFETY: `seg` is a live segment (checked by the caller).
+        unsafe {
+            let (page, usable) = match find_block(seg, addr) {
+                Found::Block(page, usable) => (page, usable),
+                Found::Invalid(m) => {
+                    let m = if m == Misuse::InvalidRealloc {
+                        Misuse::InvalidFree
+                    } else {
+                        m
+                    };
+                    self.global.misuse(m, addr)
+                }
+            };
+            bump(&self.stats.frees, 1);
+            bump(&self.stats.free_bytes, usable as u64);
+            if (*seg).is_huge {
+                self.global.free_huge(seg);
+                return;
+            }
+            let b = addr as *mut Block;
+            if (*seg).owner() == self.id() {
+                // Own large block (own small blocks took the fast path).
+                self.free_own_block(page, b);
+                return;
+            }
+            bump(&self.stats.remote_frees, 1);
+            if (*page).push_thread_free(b, self.key) {
+                // The page is full and parked: hand the block to its owner.
+                // The owner cannot go away while we are `Notifying`.
+                let owner = (*seg).owner.load(Ordering::Acquire) as *const Heap;
+                (*owner).push_delayed(b);
+                (*page).end_notifying();
+            }
+        }
+    }
+
+    /// Frees a block of a page this heap owns (slab or large).
+    unsafe fn free_own_block(&mut self, page: *mut Page, b: *mut Block) {
+        // SAFETY: the caller guarantees `page` is ours and `b` live in it.
+        unsafe {
+            if (*page).kind == SpanKind::Large {
+                (*page).used = 0;
+                self.retire_page(page);
+            } else {
+                (*page).push_local(b, self.key);
+                if (*page).used == 0 || (*page).in_full {
+                    self.after_local_free(page);
+                }
+            }
+        }
+    }
+
+    /// A local free emptied a page or hit a parked full page.
+    #[cold]
+    unsafe fn after_local_free(&mut self, page: *mut Page) {
+        // SAFETY: `page` is an own slab.
+        unsafe {
+            let c = (*page).class as usize;
+            if (*page).in_full {
+                (*page).in_full = false;
+                (*page).set_notify(Notify::Normal);
+                self.queue_push_back(c, page);
+            }
+            if (*page).used == 0 {
+                // Keep a lone page to avoid thrashing on alloc/free cycles.
+                let q = self.queues[c];
+                if q.first == page && q.last == page {
+                    return;
+                }
+                self.queue_remove(c, page);
+                self.retire_page(page);
+            }
+        }
+    }
+
+    /// Returns an empty (unqueued) page's span to the free bins.
+    unsafe fn retire_page(&mut self, page: *mut Page) {
+        // SAFETY: `page` is an own, empty, unqueued span.
+        unsafe {
+            // Wait out a remote thread still finishing a notification.
+            (*page).set_notify(Notify::Normal);
+            (*page).thread_free.store(0, Ordering::Relaxed);
+            (*page).in_full = false;
+            let seg = ((page as usize) & !SEGMENT_MASK) as *mut Segment;
+            let idx = (*seg).index_of(page);
+            let n = (*page).slice_count as usize;
+            (*seg).used_slices -= n;
+            self.global.stats.sub_active(n * SLICE_SIZE);
+            (*page).kind = SpanKind::Free;
+            (*page).slice_count = 0;
+            self.insert_free(seg, idx, n, true, false);
+        }
+    }
+
+    /// Pushes a block onto this heap's delayed-free list (any thread).
+    fn push_delayed(&self, b: *mut Block) {
+        let mut head = self.delayed.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: `b` is a block given up by the caller.
+            unsafe { page::set_next(b, head as *mut Block, self.key) };
+            match self.delayed.compare_exchange_weak(
+                head,
+                b as usize,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(h) => head = h,
+            }
+        }
+    }
+
+    /// Frees every block other threads handed us through `delayed`.
+    fn drain_delayed(&mut self) {
+        if self.delayed.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut b = self.delayed.swap(0, Ordering::Acquire) as *mut Block;
+        while !b.is_null() {
+            // SAFETY: delayed blocks are live blocks of our own pages.
+            unsafe {
+                let next = page::next_of(b, self.key);
+                let seg = segment_base_of(b as usize) as *mut Segment;
+                if let Found::Block(page, _) = find_block(seg, b as usize) {
+                    self.free_own_block(page, b);
+                }
+                b = next;
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------
+    // Realloc and sizes
+    // ----------------------------------------------------------------------
+
+    /// Resizes a block, in place when its usable size or a following free
+    /// span allows. Returns null (leaving `p` valid) when out of memory or
+    /// when `p` is foreign.
+    ///
+    /// # Safety
+    /// `p` must be non-null and either foreign or a live block of this
+    /// allocator instance.
+    pub unsafe fn realloc(&mut self, p: *mut u8, new_size: usize) -> *mut u8 {
+        let addr = p as usize;
+        let seg = segment_base_of(addr) as *mut Segment;
+        if !segment_map::contains(seg as usize) {
+            return ptr::null_mut();
+        }
+        // SAFETY: the segment is live; `find_block` validates the pointer.
+        unsafe {
+            let (page, usable) = match find_block(seg, addr) {
+                Found::Block(page, usable) => (page, usable),
+                Found::Invalid(_) => self.global.misuse(Misuse::InvalidRealloc, addr),
+            };
+            if !(*seg).is_huge
+                && (*page).kind == SpanKind::Large
+                && (*seg).owner() == self.id()
+                && new_size > MAX_CLASS_SIZE
+                && self.resize_large(seg, page, new_size)
+            {
+                return p;
+            }
+            // Keep the block unless shrinking would free real memory.
+            if new_size <= usable && new_size >= usable / 2 {
+                return p;
+            }
+            let q = self.malloc(new_size);
+            if q.is_null() {
+                return q;
+            }
+            ptr::copy_nonoverlapping(p, q, usable.min(new_size));
+            self.free(p);
+            q
+        }
+    }
+
+    /// Grows or shrinks a large block in place. Returns false if it cannot.
+    unsafe fn resize_large(&mut self, seg: *mut Segment, page: *mut Page, new_size: usize) -> bool {
+        if new_size > LARGE_MAX {
+            return false;
+        }
+        // SAFETY: `page` is an own large span of `seg`.
+        unsafe {
+            let s = &mut *seg;
+            let idx = s.index_of(page);
+            let n = (*page).slice_count as usize;
+            let need = new_size.div_ceil(SLICE_SIZE);
+            if need == n {
+                return true;
+            }
+            if need < n {
+                s.mark_used(idx, need, SpanKind::Large);
+                s.used_slices -= n - need;
+                self.global.stats.sub_active((n - need) * SLICE_SIZE);
+                self.insert_free(seg, idx + need, n - need, true, false);
+            } else {
+                let r = idx + n;
+                if r >= SLICES_PER_SEGMENT {
+                    return false;
+                }
+                let right: *mut Page = &mut s.slices[r];
+                let rn = (*right).slice_count as usize;
+                if (*right).kind != SpanKind::Free || rn == 0 || n + rn < need {
+                    return false;
+                }
+                self.bins.remove(right);
+                let (dirty, zero) = ((*right).dirty, (*right).span_is_zero);
+                (*right).slice_count = 0;
+                if !self
+                    .global
+                    .commit(s.slice_addr(r), (need - n) * SLICE_SIZE)
+                {
+                    // Put it back untouched.
+                    s.mark_free(r, rn, dirty, zero, self.now);
+                    self.bins.insert(right);
+                    return false;
+                }
+                s.mark_used(idx, need, SpanKind::Large);
+                s.used_slices += need - n;
+                self.global.stats.add_active((need - n) * SLICE_SIZE);
+                if n + rn > need {
+                    self.insert_free(seg, idx + need, n + rn - need, dirty, zero);
+                }
+            }
+            let old = (*page).block_size;
+            (*page).set_block_size(need * SLICE_SIZE);
+            bump(&self.stats.malloc_bytes, (need * SLICE_SIZE) as u64);
+            bump(&self.stats.free_bytes, old as u64);
+            true
+        }
+    }
+
+    // ----------------------------------------------------------------------
+    // Spans
+    // ----------------------------------------------------------------------
+
+    /// Carves a used span of `n` slices starting on an `align` boundary
+    /// (`align >= SLICE_SIZE`) from the bins, adding segments as needed.
+    fn alloc_span(&mut self, n: usize, align: usize, kind: SpanKind) -> Option<(*mut Segment, usize)> {
+        let extra = (align - SLICE_SIZE) / SLICE_SIZE;
+        loop {
+            // SAFETY: binned spans are free spans of owned segments.
+            unsafe {
+                let span = self.bins.take(n + extra);
+                if !span.is_null() {
+                    let seg = ((span as usize) & !SEGMENT_MASK) as *mut Segment;
+                    let s = &mut *seg;
+                    let idx = s.index_of(span);
+                    let m = (*span).slice_count as usize;
+                    let (dirty, zero) = ((*span).dirty, (*span).span_is_zero);
+                    let head = (align_up(s.slice_addr(idx), align) - s.slice_addr(idx)) / SLICE_SIZE;
+                    let at = idx + head;
+                    if !self.global.commit(s.slice_addr(at), n * SLICE_SIZE) {
+                        s.mark_free(idx, m, dirty, zero, self.now);
+                        self.bins.insert(span);
+                        return None;
+                    }
+                    s.mark_used(at, n, kind);
+                    s.slices[at].span_is_zero = zero;
+                    if head > 0 {
+                        self.insert_free(seg, idx, head, dirty, zero);
+                    }
+                    if m > head + n {
+                        self.insert_free(seg, at + n, m - head - n, dirty, zero);
+                    }
+                    s.used_slices += n;
+                    self.global.stats.add_active(n * SLICE_SIZE);
+                    return Some((seg, at));
+                }
+            }
+            if !self.add_segment() {
+                return None;
+            }
+        }
+    }
+
+    /// Makes `[idx, idx+n)` a free span, merged with free neighbours, and
+    /// bins it.
+    unsafe fn insert_free(&mut self, seg: *mut Segment, idx: usize, n: usize, dirty: bool, zero: bool) {
+        // SAFETY: `seg` is owned; its free spans are all binned, so any free
+        // neighbour found through the boundary tags is in our bins.
+        unsafe {
+            let s = &mut *seg;
+            let (mut idx, mut n, mut dirty, mut zero) = (idx, n, dirty, zero);
+            let r = idx + n;
+            if r < SLICES_PER_SEGMENT {
+                let right: *mut Page = &mut s.slices[r];
+                if (*right).kind == SpanKind::Free && (*right).slice_count > 0 {
+                    self.bins.remove(right);
+                    n += (*right).slice_count as usize;
+                    dirty |= (*right).dirty;
+                    zero &= (*right).span_is_zero;
+                    (*right).slice_count = 0;
+                }
+            }
+            if let Some(l) = s.span_before(idx) {
+                let left: *mut Page = &mut s.slices[l];
+                if (*left).kind == SpanKind::Free && (*left).slice_count as usize == idx - l {
+                    self.bins.remove(left);
+                    s.slices[idx].slice_count = 0;
+                    s.slices[idx].kind = SpanKind::Free;
+                    n += idx - l;
+                    dirty |= (*left).dirty;
+                    zero &= (*left).span_is_zero;
+                    idx = l;
+                }
+            }
+            s.mark_free(idx, n, dirty, zero, self.now);
+            self.bins.insert(&mut s.slices[idx]);
+        }
+    }
+
+    /// Gets one more segment: an abandoned one to adopt, else a new one.
+    fn add_segment(&mut self) -> bool {
+        if let Some(seg) = self.global.pop_abandoned() {
+            // SAFETY: popped abandoned segments are exclusively ours.
+            unsafe { self.adopt(seg) };
+            return true;
+        }
+        let Some(seg) = self.global.new_segment() else {
+            return false;
+        };
+        // SAFETY: a new segment is exclusively ours.
+        unsafe {
+            (*seg).owner.store(self.id(), Ordering::Release);
+            self.link_segment(seg);
+            self.bins.insert(&mut (*seg).slices[HEADER_SLICES]);
+        }
+        true
+    }
+
+    unsafe fn link_segment(&mut self, seg: *mut Segment) {
+        // SAFETY: `seg` is ours and unlinked.
+        unsafe {
+            (*seg).prev = ptr::null_mut();
+            (*seg).next = self.segments;
+            if !self.segments.is_null() {
+                (*self.segments).prev = seg;
+            }
+            self.segments = seg;
+        }
+    }
+
+    unsafe fn unlink_segment(&mut self, seg: *mut Segment) {
+        // SAFETY: `seg` is linked in our list.
+        unsafe {
+            let (prev, next) = ((*seg).prev, (*seg).next);
+            if prev.is_null() {
+                self.segments = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            (*seg).next = ptr::null_mut();
+            (*seg).prev = ptr::null_mut();
+        }
+    }
+
+    // ----------------------------------------------------------------------
+    // Abandonment and adoption
+    // ----------------------------------------------------------------------
+
+    /// Takes remote frees of every used span of `seg` into local lists and
+    /// turns spans that became empty into (uncoalesced) free spans.
+    unsafe fn sweep_segment(&mut self, seg: *mut Segment) {
+        // SAFETY: `seg` is owned by this heap (or being adopted by it).
+        unsafe {
+            let s = &mut *seg;
+            let mut idx = HEADER_SLICES;
+            while idx < SLICES_PER_SEGMENT {
+                let n = (s.slices[idx].slice_count as usize).max(1);
+                let page: *mut Page = &mut s.slices[idx];
+                if matches!((*page).kind, SpanKind::Slab | SpanKind::Large) {
+                    (*page).next = ptr::null_mut();
+                    (*page).prev = ptr::null_mut();
+                    let mut b = (*page).take_thread_free();
+                    while !b.is_null() {
+                        let next = page::next_of(b, self.key);
+                        if (*page).kind == SpanKind::Slab {
+                            (*page).push_local(b, self.key);
+                        } else {
+                            (*page).used = 0;
+                        }
+                        b = next;
+                    }
+                    if (*page).used == 0 {
+                        s.used_slices -= n;
+                        self.global.stats.sub_active(n * SLICE_SIZE);
+                        (*page).kind = SpanKind::Free;
+                        (*page).dirty = true;
+                        (*page).span_is_zero = false;
+                        (*page).free_since = self.now;
+                    }
+                }
+                idx += n;
+            }
+        }
+    }
+
+    /// Gives up every segment: drains notifications, returns empty segments
+    /// and pushes the rest on the abandoned list.
+    fn abandon_all(&mut self) {
+        self.drain_delayed();
+        // No page may stay in `Notify`: remote freers would then reach for
+        // this heap after it is gone. `set_notify` waits out `Notifying`.
+        let mut seg = self.segments;
+        while !seg.is_null() {
+            // SAFETY: owned segments; spans are walked by their tags.
+            unsafe {
+                let s = &*seg;
+                let mut idx = HEADER_SLICES;
+                while idx < SLICES_PER_SEGMENT {
+                    let d = &s.slices[idx];
+                    if matches!(d.kind, SpanKind::Slab | SpanKind::Large) {
+                        d.set_notify(Notify::Normal);
+                    }
+                    idx += (d.slice_count as usize).max(1);
+                }
+                seg = s.next;
+            }
+        }
+        self.drain_delayed();
+        while !self.segments.is_null() {
+            let seg = self.segments;
+            // SAFETY: owned segment, unlinked before it is handed on.
+            unsafe {
+                self.unlink_segment(seg);
+                self.sweep_segment(seg);
+                if (*seg).used_slices == 0 {
+                    (*seg).owner.store(0, Ordering::Release);
+                    self.global.retire_segment(seg);
+                } else {
+                    (*seg).owner.store(0, Ordering::Release);
+                    self.global.push_abandoned(seg);
+                }
+            }
+        }
+        self.bins = SpanBins::new();
+        for q in self.queues.iter_mut() {
+            q.first = ptr::null_mut();
+            q.last = ptr::null_mut();
+        }
+    }
+
+    /// Takes over an abandoned segment with its live blocks.
+    unsafe fn adopt(&mut self, seg: *mut Segment) {
+        // SAFETY: the segment was popped from the abandoned list, so only we
+        // touch its metadata (remote freers touch only `thread_free`).
+        unsafe {
+            if !(*seg).cookie_ok(self.key) {
+                self.global.misuse(Misuse::HeaderCorruption, seg as usize);
+            }
+            // Owner first: a page set to `Notify` below must lead remote
+            // freers to us.
+            (*seg).owner.store(self.id(), Ordering::Release);
+            self.link_segment(seg);
+            self.sweep_segment(seg);
+            let s = &mut *seg;
+            let mut idx = HEADER_SLICES;
+            while idx < SLICES_PER_SEGMENT {
+                let n = (s.slices[idx].slice_count as usize).max(1);
+                let page: *mut Page = &mut s.slices[idx];
+                match (*page).kind {
+                    SpanKind::Slab => {
+                        let p = &mut *page;
+                        p.in_full = false;
+                        let has_room =
+                            !p.free.is_null() || !p.local_free.is_null() || p.capacity < p.reserved;
+                        if has_room || !p.set_notify(Notify::Notify) {
+                            self.queue_push_back(p.class as usize, page);
+                        } else {
+                            p.in_full = true;
+                        }
+                    }
+                    SpanKind::Large => {
+                        (*page).in_full = true;
+                        // A remote free racing in leaves the block on the
+                        // list; notify refuses then, and we free it here.
+                        while !(*page).set_notify(Notify::Notify) {
+                            if !(*page).take_thread_free().is_null() {
+                                (*page).used = 0;
+                                (*page).kind = SpanKind::Free;
+                                (*page).dirty = true;
+                                (*page).span_is_zero = false;
+                                s.used_slices -= n;
+                                self.global.stats.sub_active(n * SLICE_SIZE);
+                                break;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                idx += n;
+            }
+            let bins: *mut SpanBins = &mut self.bins;
+            s.coalesce_all(|s, i| (*bins).insert(&mut s.slices[i]));
+        }
+    }
+
+    // ----------------------------------------------------------------------
+    // Decay and trimming
+    // ----------------------------------------------------------------------
+
+    /// Per-slow-path housekeeping: delayed frees and, now and then, decay.
+    #[inline]
+    fn on_slow_path(&mut self) {
+        self.drain_delayed();
+        self.tick += 1;
+        bump(&self.stats.slow_paths, 1);
+        if self.tick % PURGE_CHECK_INTERVAL == 0 {
+            self.now = self
+                .global
+                .now()
+                .unwrap_or(self.tick / PURGE_CHECK_INTERVAL);
+            self.purge(false);
+        }
+    }
+
+    /// Returns memory to the provider now: every free span is decommitted,
+    /// every empty segment and every cached range released. For
+    /// `malloc_trim` and `arena.purge`.
+    pub fn release_now(&mut self) {
+        self.drain_delayed();
+        // Empty pages kept for reuse count as free too.
+        for c in 0..NUM_CLASSES {
+            let mut page = self.queues[c].first;
+            while !page.is_null() {
+                // SAFETY: queued pages are our own slabs.
+                unsafe {
+                    let next = (*page).next;
+                    (*page).collect(self.key);
+                    if (*page).used == 0 {
+                        self.queue_remove(c, page);
+                        self.retire_page(page);
+                    }
+                    page = next;
+                }
+            }
+        }
+        self.now = self.global.now().unwrap_or(self.now);
+        self.purge(true);
+        self.global.purge_cache(self.now, true);
+    }
+
+    /// Decommits free spans older than the purge delay (all with `force`)
+    /// and retires segments that are entirely free.
+    fn purge(&mut self, force: bool) {
+        let delay = self.global.options.purge_delay();
+        let now = self.now;
+        let global = self.global;
+        let zero_after = global.caps().contains(Capabilities::ZERO_AFTER_DECOMMIT);
+        let full_span = (SLICES_PER_SEGMENT - HEADER_SLICES) as u32;
+        self.bins.for_each(|span| {
+            // SAFETY: binned spans are free spans of owned segments.
+            unsafe {
+                let expired = force || now.saturating_sub((*span).free_since) >= delay;
+                // Whole free segments are retired below instead.
+                if !expired || !(*span).dirty || (*span).slice_count == full_span {
+                    return;
+                }
+                let seg = ((span as usize) & !SEGMENT_MASK) as *mut Segment;
+                let idx = (*seg).index_of(span);
+                global.decommit(
+                    (*seg).slice_addr(idx),
+                    (*span).slice_count as usize * SLICE_SIZE,
+                );
+                (*span).dirty = false;
+                (*span).span_is_zero = zero_after;
+            }
+        });
+        let mut seg = self.segments;
+        while !seg.is_null() {
+            // SAFETY: owned segments; an empty one is a single binned span.
+            unsafe {
+                let next = (*seg).next;
+                let span: *mut Page = &mut (*seg).slices[HEADER_SLICES];
+                if (*seg).used_slices == 0
+                    && (force || now.saturating_sub((*span).free_since) >= delay)
+                {
+                    self.bins.remove(span);
+                    self.unlink_segment(seg);
+                    (*seg).owner.store(0, Ordering::Release);
+                    self.global.retire_segment(seg);
+                }
+                seg = next;
+            }
+        }
+        if !force {
+            self.global.purge_cache(now, false);
+        }
+    }
+
+    // ----------------------------------------------------------------------
+    // Queues
+    // ----------------------------------------------------------------------
+
+    unsafe fn queue_push_front(&mut self, c: usize, page: *mut Page) {
+        let q = &mut self.queues[c];
+        // SAFETY: `page` is an own, unqueued slab.
+        unsafe {
+            (*page).prev = ptr::null_mut();
+            (*page).next = q.first;
+            if q.first.is_null() {
+                q.last = page;
+            } else {
+                (*q.first).prev = page;
+            }
+        }
+        q.first = page;
+    }
+
+    unsafe fn queue_push_back(&mut self, c: usize, page: *mut Page) {
+        let q = &mut self.queues[c];
+        // SAFETY: `page` is an own, unqueued slab.
+        unsafe {
+            (*page).next = ptr::null_mut();
+            (*page).prev = q.last;
+            if q.last.is_null() {
+                q.first = page;
+            } else {
+                (*q.last).next = page;
+            }
+        }
+        q.last = page;
+    }
+
+    unsafe fn queue_remove(&mut self, c: usize, page: *mut Page) {
+        let q = &mut self.queues[c];
+        // SAFETY: `page` is linked in queue `c`.
+        unsafe {
+            let (prev, next) = ((*page).prev, (*page).next);
+            if prev.is_null() {
+                q.first = next;
+            } else {
+                (*prev).next = next;
+            }
+            if next.is_null() {
+                q.last = prev;
+            } else {
+                (*next).prev = prev;
+            }
+            (*page).next = ptr::null_mut();
+            (*page).prev = ptr::null_mut();
+        }
+    }
+}
+
+/// Resolves a pointer into its live block, or says why it is not one.
+///
+/// # Safety
+/// `seg` must be the live segment that `segment_base_of(addr)` names.
+unsafe fn find_block(seg: *mut Segment, addr: usize) -> Found {
+    // SAFETY: `seg` is a live segment header (caller's contract).
+    unsafe {
+        let s = &*seg;
+        if s.is_huge {
+            let d = &s.slices[HEADER_SLICES];
+            if d.kind == SpanKind::Huge && d.start == addr {
+                return Found::Block(d as *const Page as *mut Page, d.block_size);
+            }
+            return Found::Invalid(Misuse::InvalidFree);
+        }
+        let Some(page) = s.page_of(addr) else {
+            // Freeing the first byte of a free span is most likely a block
+            // that was already freed.
+            let idx = (addr - s.base()) / SLICE_SIZE;
+            let looks_freed = addr % SLICE_SIZE == 0
+                && idx >= HEADER_SLICES
+                && idx < SLICES_PER_SEGMENT
+                && s.slices[idx].kind == SpanKind::Free
+                && s.slices[idx].slice_offset == 0;
+            return Found::Invalid(if looks_freed {
+                Misuse::DoubleFree
+            } else {
+                Misuse::InvalidFree
+            });
+        };
+        let page = page as *const Page as *mut Page;
+        match (*page).kind {
+            SpanKind::Slab => {
+                if (*page).is_block_offset(addr - (*page).start) {
+                    Found::Block(page, (*page).block_size)
+                } else {
+                    Found::Invalid(Misuse::InvalidFree)
+                }
+            }
+            SpanKind::Large if addr == (*page).start => {
+                Found::Block(page, (*page).block_size)
+            }
+            _ => Found::Invalid(Misuse::InvalidFree),
+        }
+    }
+}
+
+/// Usable bytes of the block at `p`; 0 for null, foreign or invalid
+/// pointers.
+///
+/// # Safety
+/// `p` must be null, foreign, or a live block of this allocator.
+pub unsafe fn usable_size(p: *const u8) -> usize {
+    let addr = p as usize;
+    let seg = segment_base_of(addr);
+    if !segment_map::contains(seg) {
+        return 0;
+    }
+    // SAFETY: a live segment is there.
+    match unsafe { find_block(seg as *mut Segment, addr) } {
+        Found::Block(_, usable) => usable,
+        _ => 0,
+    }
+}
+
+/// Whether `p` lies in a segment of this allocator (any instance).
+pub fn owns(p: *const u8) -> bool {
+    segment_map::contains(segment_base_of(p as usize))
+}
+
+/// Sums every heap's counters with the global ones.
+pub fn snapshot(global: &Global) -> Snapshot {
+    let mut s = global.retired_snapshot();
+    let reg = global.heaps.lock();
+    let mut h = reg.all as *const Heap;
+    while !h.is_null() {
+        // SAFETY: registered heaps are never unmapped; counters are atomics.
+        unsafe {
+            let st = &(*h).stats;
+            s.mallocs += st.mallocs.load(Ordering::Relaxed);
+            s.frees += st.frees.load(Ordering::Relaxed);
+            s.allocated = s
+                .allocated
+                .wrapping_add(st.malloc_bytes.load(Ordering::Relaxed))
+                .wrapping_sub(st.free_bytes.load(Ordering::Relaxed));
+            s.remote_frees += st.remote_frees.load(Ordering::Relaxed);
+            h = (*h).all_next;
+        }
+    }
+    s
+}

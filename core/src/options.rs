@@ -1,0 +1,41 @@
+//! Run-time options, set by the frontend before the first allocation (the
+//! hosted library reads them from `APEX_*` environment variables).
+
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+/// The option table; every field has a documented default.
+pub struct Options {
+    /// Milliseconds a free span stays resident before it is decommitted
+    /// (`APEX_PURGE_DELAY_MS`, default 10). 0 purges at the next check.
+    /// Without a provider clock this counts slow-path events instead.
+    pub purge_delay: AtomicU64,
+    /// Empty segments kept (decommitted) for reuse before release
+    /// (`APEX_SEGMENT_CACHE`, default 8).
+    pub segment_cache: AtomicUsize,
+    /// Resident bytes of freed huge blocks kept for reuse
+    /// (`APEX_HUGE_CACHE_MB`, default 64 MiB).
+    pub huge_cache_bytes: AtomicUsize,
+    /// Check suspected double frees (`APEX_CHECK_DOUBLE_FREE`, default on).
+    pub check_double_free: AtomicBool,
+}
+
+impl Options {
+    pub const fn new() -> Self {
+        Options {
+            purge_delay: AtomicU64::new(10),
+            segment_cache: AtomicUsize::new(8),
+            huge_cache_bytes: AtomicUsize::new(64 << 20),
+            check_double_free: AtomicBool::new(true),
+        }
+    }
+
+    pub fn purge_delay(&self) -> u64 {
+        self.purge_delay.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,440 @@
+//! Page descriptors: the metadata of one span (a run of slices) and, when the
+//! span is a slab, its three sharded free lists.
+//!
+//! - `free`: blocks ready for allocation; popped on the fast path.
+//! - `local_free`: blocks freed by the owning thread; no atomics.
+//! - `thread_free`: blocks freed by other threads, pushed with a CAS. Its low
+//!   two bits hold a [`Notify`] state used for full pages (see below).
+//!
+//! The owner moves `local_free` and `thread_free` into `free` only when
+//! `free` runs dry, so the fast path never touches an atomic.
+//!
+//! Full pages leave their size-class queue, so the owner would never look at
+//! their `thread_free` again. A full page is therefore put in state
+//! `Notify`: the first remote free that finds that state does not push its
+//! block to the page, but switches the state to `Notifying`, hands the block
+//! to the owning heap's delayed-free list (which the owner drains on its slow
+//! path, bringing the page back into its queue) and then resets the state to
+//! `Normal`. The owner never frees a page or abandons its heap while a page
+//! is `Notifying`, so the remote thread may still read the heap pointer.
+//!
+//! Every link stored inside a free block is encoded with a secret key and
+//! the block's own address (safe-linking), so a leaked or overwritten link
+//! does not give an attacker a usable pointer.
+
+use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// What a span is used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SpanKind {
+    /// In a heap's free-span bins (or a segment's header).
+    Free = 0,
+    /// Equal-size blocks of one size class.
+    Slab = 1,
+    /// A single large block.
+    Large = 2,
+    /// The single block of a huge segment.
+    Huge = 3,
+}
+
+/// States kept in the low bits of `thread_free`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Notify {
+    /// Remote frees push onto the page.
+    Normal = 0,
+    /// The page is full and out of its queue: tell the owner.
+    Notify = 1,
+    /// A remote thread is telling the owner right now.
+    Notifying = 2,
+}
+
+const STATE_MASK: usize = 3;
+
+/// A free block; its first word is the encoded link to the next one.
+#[repr(C)]
+pub struct Block {
+    next: usize,
+}
+
+/// Encodes the link stored at `slot`.
+#[inline(always)]
+pub fn encode(next: *mut Block, slot: *mut Block, key: usize) -> usize {
+    (next as usize) ^ (slot as usize).rotate_left(23) ^ key
+}
+
+/// Decodes the link stored at `slot`.
+#[inline(always)]
+pub fn decode(stored: usize, slot: *mut Block, key: usize) -> *mut Block {
+    (stored ^ (slot as usize).rotate_left(23) ^ key) as *mut Block
+}
+
+/// Reads the next link of `b`.
+///
+/// # Safety
+/// `b` must point to a readable block.
+#[inline(always)]
+pub unsafe fn next_of(b: *mut Block, key: usize) -> *mut Block {
+    // SAFETY: the caller guarantees `b` is readable.
+    decode(unsafe { (*b).next }, b, key)
+}
+
+/// Writes the next link of `b`.
+///
+/// # Safety
+/// `b` must point to a writable block nobody else uses.
+#[inline(always)]
+pub unsafe fn set_next(b: *mut Block, next: *mut Block, key: usize) {
+    // SAFETY: the caller guarantees `b` is writable and ours.
+    unsafe { (*b).next = encode(next, b, key) }
+}
+
+/// Metadata for one span; lives in its segment's header, one per slice.
+///
+/// Only the descriptor of a span's first slice is meaningful; the others
+/// hold `slice_offset`, the distance back to it (a boundary tag), so any
+/// interior pointer finds its span.
+#[repr(C)]
+pub struct Page {
+    // Hot fields first: the fast paths touch only the first cache line.
+    /// Blocks ready for allocation.
+    pub free: *mut Block,
+    /// Blocks freed by the owner.
+    pub local_free: *mut Block,
+    /// Blocks handed out and not yet returned to `free`/`local_free`.
+    pub used: u32,
+    /// Blocks carved out of the span so far (the rest is untouched).
+    pub capacity: u32,
+    /// Blocks that fit in the span.
+    pub reserved: u32,
+    pub kind: SpanKind,
+    /// Size class of a slab.
+    pub class: u8,
+    /// Set when the page left its queue because it was full.
+    pub in_full: bool,
+    /// First byte of the span (for huge/aligned large: of the block).
+    pub start: usize,
+    /// Block size of a slab; usable size of a large/huge block.
+    pub block_size: usize,
+    /// Divisibility check of block offsets (see [`Page::is_block_offset`]).
+    div_shift: u32,
+    div_inv: u64,
+    div_limit: u64,
+    /// Remote frees: encoded list head plus [`Notify`] state bits.
+    pub thread_free: AtomicUsize,
+    /// Queue or bin links.
+    pub next: *mut Page,
+    pub prev: *mut Page,
+    /// Span length in slices (first slice only).
+    pub slice_count: u32,
+    /// Distance to the span's first slice (0 for the first slice).
+    pub slice_offset: u32,
+    /// The blocks in `free` are known to hold zeros (except their link).
+    pub free_is_zero: bool,
+    /// The whole span reads as zero (fresh from the provider).
+    pub span_is_zero: bool,
+    /// Parts of this free span may be resident and can be decommitted.
+    pub dirty: bool,
+    /// When the span became free (clock or event count), for decay.
+    pub free_since: u64,
+}
+
+impl Page {
+    /// An all-zero descriptor, as found in fresh segment headers.
+    pub const EMPTY: Page = Page {
+        free: ptr::null_mut(),
+        local_free: ptr::null_mut(),
+        used: 0,
+        capacity: 0,
+        reserved: 0,
+        kind: SpanKind::Free,
+        class: 0,
+        in_full: false,
+        start: 0,
+        block_size: 0,
+        div_shift: 0,
+        div_inv: 0,
+        div_limit: 0,
+        thread_free: AtomicUsize::new(0),
+        next: ptr::null_mut(),
+        prev: ptr::null_mut(),
+        slice_count: 0,
+        slice_offset: 0,
+        free_is_zero: false,
+        span_is_zero: false,
+        dirty: false,
+        free_since: 0,
+    };
+
+    /// Prepares the block-offset check for `block_size`.
+    pub fn set_block_size(&mut self, block_size: usize) {
+        self.block_size = block_size;
+        let shift = block_size.trailing_zeros();
+        let odd = (block_size >> shift) as u64;
+        // Inverse of an odd number modulo 2^64 by Newton's iteration.
+        let mut inv = odd;
+        for _ in 0..6 {
+            inv = inv.wrapping_mul(2u64.wrapping_sub(odd.wrapping_mul(inv)));
+        }
+        self.div_shift = shift;
+        self.div_inv = inv;
+        self.div_limit = u64::MAX / odd;
+    }
+
+    /// Whether `offset` (from `start`) is a multiple of the block size,
+    /// without a division: x is a multiple of 2^s·d (d odd) exactly when its
+    /// low s bits are zero and (x >> s)·d⁻¹ mod 2^64 ≤ (2^64-1)/d.
+    #[inline(always)]
+    pub fn is_block_offset(&self, offset: usize) -> bool {
+        let low = offset & ((1usize << self.div_shift) - 1);
+        let q = ((offset >> self.div_shift) as u64).wrapping_mul(self.div_inv);
+        low == 0 && q <= self.div_limit
+    }
+
+    /// Pops a block from `free`, if any. The owner's fast path.
+    ///
+    /// # Safety
+    /// Only the owning heap may call this.
+    #[inline(always)]
+    pub unsafe fn pop_free(&mut self, key: usize) -> *mut Block {
+        let b = self.free;
+        if b.is_null() {
+            return b;
+        }
+        // SAFETY: `b` is a free block of this page, owned by the caller.
+        let next = unsafe { next_of(b, key) };
+        self.free = next;
+        self.used += 1;
+        b
+    }
+
+    /// Pushes `b` onto `local_free`. The owner's free path.
+    ///
+    /// # Safety
+    /// Only the owning heap may call this, with a live block of this page.
+    #[inline(always)]
+    pub unsafe fn push_local(&mut self, b: *mut Block, key: usize) {
+        // SAFETY: the caller hands over a live block of this page.
+        unsafe { set_next(b, self.local_free, key) };
+        self.local_free = b;
+        self.used -= 1;
+    }
+
+    /// Pushes a block freed by another thread. Returns true when the page
+    /// was in state `Notify`: the caller now holds `Notifying`, has *not*
+    /// pushed the block, and must hand it to the owner and then call
+    /// [`Page::end_notifying`].
+    ///
+    /// # Safety
+    /// `b` must be a live block of this page, given up by the caller.
+    pub unsafe fn push_thread_free(&self, b: *mut Block, key: usize) -> bool {
+        let mut cur = self.thread_free.load(Ordering::Relaxed);
+        loop {
+            let state = cur & STATE_MASK;
+            let new = if state == Notify::Notify as usize {
+                (cur & !STATE_MASK) | Notify::Notifying as usize
+            } else {
+                let head = (cur & !STATE_MASK) as *mut Block;
+                // SAFETY: `b` is ours until the CAS publishes it.
+                unsafe { set_next(b, head, key) };
+                b as usize | state
+            };
+            match self.thread_free.compare_exchange_weak(
+                cur,
+                new,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return state == Notify::Notify as usize,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Returns a `Notifying` page to `Normal`.
+    pub fn end_notifying(&self) {
+        let mut cur = self.thread_free.load(Ordering::Relaxed);
+        loop {
+            let new = (cur & !STATE_MASK) | Notify::Normal as usize;
+            match self.thread_free.compare_exchange_weak(
+                cur,
+                new,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Sets the notify state, waiting out a remote `Notifying` phase.
+    /// Setting `Notify` succeeds only while `thread_free` is empty (a page
+    /// with pending remote frees is not full); returns whether it was set.
+    pub fn set_notify(&self, want: Notify) -> bool {
+        let mut cur = self.thread_free.load(Ordering::Acquire);
+        loop {
+            if cur & STATE_MASK == Notify::Notifying as usize {
+                core::hint::spin_loop();
+                cur = self.thread_free.load(Ordering::Acquire);
+                continue;
+            }
+            if want == Notify::Notify && cur & !STATE_MASK != 0 {
+                return false;
+            }
+            let new = (cur & !STATE_MASK) | want as usize;
+            match self.thread_free.compare_exchange_weak(
+                cur,
+                new,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Takes every remotely freed block, keeping the state bits. Returns the
+    /// list head.
+    pub fn take_thread_free(&self) -> *mut Block {
+        let mut cur = self.thread_free.load(Ordering::Relaxed);
+        loop {
+            if cur & !STATE_MASK == 0 {
+                return ptr::null_mut();
+            }
+            match self.thread_free.compare_exchange_weak(
+                cur,
+                cur & STATE_MASK,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return (cur & !STATE_MASK) as *mut Block,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Head of the remote list without taking it (for checks by the owner,
+    /// who is the only one that ever removes blocks from it).
+    pub fn peek_thread_free(&self) -> *mut Block {
+        (self.thread_free.load(Ordering::Acquire) & !STATE_MASK) as *mut Block
+    }
+
+    /// Moves `local_free` and `thread_free` into `free` if `free` is empty.
+    ///
+    /// # Safety
+    /// Only the owning heap may call this.
+    pub unsafe fn collect(&mut self, key: usize) {
+        if !self.free.is_null() {
+            return;
+        }
+        let tf = self.take_thread_free();
+        if !tf.is_null() {
+            // Count the remote blocks and splice local_free behind them.
+            let mut n = 1u32;
+            let mut tail = tf;
+            loop {
+                // SAFETY: blocks on the remote list belong to this page and
+                // were fully written before their CAS published them.
+                let next = unsafe { next_of(tail, key) };
+                if next.is_null() {
+                    break;
+                }
+                tail = next;
+                n += 1;
+            }
+            self.used -= n;
+            // SAFETY: `tail` is the last remote block, now ours.
+            unsafe { set_next(tail, self.local_free, key) };
+            self.local_free = ptr::null_mut();
+            self.free = tf;
+        } else if !self.local_free.is_null() {
+            self.free = self.local_free;
+            self.local_free = ptr::null_mut();
+        } else {
+            return;
+        }
+        self.free_is_zero = false;
+    }
+
+    /// Carves up to `max_bytes` worth of fresh blocks into `free` (which must
+    /// be empty). Returns how many were added.
+    ///
+    /// # Safety
+    /// Only the owning heap may call this, on a slab whose span is usable.
+    pub unsafe fn extend(&mut self, key: usize, max_bytes: usize) -> u32 {
+        debug_assert!(self.free.is_null());
+        let left = self.reserved - self.capacity;
+        if left == 0 {
+            return 0;
+        }
+        let n = ((max_bytes / self.block_size).max(1) as u32).min(left);
+        let bs = self.block_size;
+        let first = self.start + self.capacity as usize * bs;
+        for i in 0..n as usize {
+            let b = (first + i * bs) as *mut Block;
+            let next = if i + 1 < n as usize {
+                (first + (i + 1) * bs) as *mut Block
+            } else {
+                ptr::null_mut()
+            };
+            // SAFETY: the block lies inside this page's span, untouched so far.
+            unsafe { set_next(b, next, key) };
+        }
+        self.free = first as *mut Block;
+        self.capacity += n;
+        self.free_is_zero = self.span_is_zero;
+        n
+    }
+
+    /// Whether `b` is on one of this page's free lists (owner only; used to
+    /// confirm a suspected double free).
+    ///
+    /// # Safety
+    /// Only the owning heap may call this.
+    pub unsafe fn list_contains(&self, b: *mut Block, key: usize) -> bool {
+        for head in [self.free, self.local_free, self.peek_thread_free()] {
+            let mut cur = head;
+            let mut steps = 0u32;
+            while !cur.is_null() && steps <= self.reserved {
+                if cur == b {
+                    return true;
+                }
+                // SAFETY: list members are free blocks of this page.
+                cur = unsafe { next_of(cur, key) };
+                steps += 1;
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn divisibility_check_matches_division() {
+        let mut p = Page::EMPTY;
+        for bs in [16usize, 48, 80, 144, 160, 1792, 4096, 5120, 73728, 458752] {
+            p.set_block_size(bs);
+            for off in (0..(bs * 40)).step_by(16) {
+                assert_eq!(p.is_block_offset(off), off % bs == 0, "bs {bs} off {off}");
+            }
+        }
+    }
+
+    #[test]
+    fn encoded_links_round_trip_and_hide_pointers() {
+        let slot = 0x7f00_0001_0000usize as *mut Block;
+        let next = 0x7f00_0001_0040usize as *mut Block;
+        let key = 0x9e37_79b9_7f4a_7c15;
+        let e = encode(next, slot, key);
+        assert_ne!(e, next as usize);
+        assert_eq!(decode(e, slot, key), next);
+        assert_eq!(decode(encode(ptr::null_mut(), slot, key), slot, key), ptr::null_mut());
+    }
+}

@@ -1,0 +1,217 @@
+//! Segments: aligned runs of address space whose header describes every
+//! slice, so a pointer finds its metadata by masking and indexing.
+//!
+//! A segment's first slice(s) hold this header; the remaining slices are
+//! tiled by spans. Every span's first descriptor records its length, and
+//! every other descriptor of a used span (and the last one of a free span)
+//! records its distance back to the first: boundary tags that let `free`
+//! resolve interior slices and let a freed span find its left neighbour.
+
+use core::mem::size_of;
+use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::layout::{SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE};
+use crate::page::{Page, SpanKind};
+
+/// The header at the start of every segment.
+#[repr(C)]
+pub struct Segment {
+    /// Address of the owning heap; 0 when abandoned, cached or huge.
+    pub owner: AtomicUsize,
+    /// `self ^ key`: checked when a segment is adopted or released.
+    pub cookie: usize,
+    /// A huge segment holds exactly one block.
+    pub is_huge: bool,
+    /// The provider range this segment came from (released as a whole).
+    pub reservation: usize,
+    pub reservation_len: usize,
+    /// Slices in use by slabs and large blocks.
+    pub used_slices: usize,
+    /// Links in the owning heap's list, the abandoned list or the cache.
+    pub next: *mut Segment,
+    pub prev: *mut Segment,
+    /// One descriptor per slice.
+    pub slices: [Page; SLICES_PER_SEGMENT],
+}
+
+/// Slices taken by the header at the start of each segment.
+pub const HEADER_SLICES: usize = size_of::<Segment>().div_ceil(SLICE_SIZE);
+
+impl Segment {
+    /// Base address of this segment.
+    #[inline(always)]
+    pub fn base(&self) -> usize {
+        self as *const Segment as usize
+    }
+
+    /// Initialises a header in place over fresh or recycled memory.
+    ///
+    /// # Safety
+    /// `base` must be the start of a writable, segment-aligned region of at
+    /// least `HEADER_SLICES` slices that nobody else uses. When
+    /// `memory_is_zero` is false the descriptors are cleared here.
+    pub unsafe fn init(
+        base: usize,
+        reservation: usize,
+        reservation_len: usize,
+        key: usize,
+        memory_is_zero: bool,
+    ) -> *mut Segment {
+        let seg = base as *mut Segment;
+        // SAFETY: the caller hands over the header memory exclusively.
+        unsafe {
+            if !memory_is_zero {
+                ptr::write_bytes(seg as *mut u8, 0, size_of::<Segment>());
+            }
+            (*seg).owner = AtomicUsize::new(0);
+            (*seg).cookie = base ^ key;
+            (*seg).is_huge = false;
+            (*seg).reservation = reservation;
+            (*seg).reservation_len = reservation_len;
+            (*seg).used_slices = 0;
+            (*seg).next = ptr::null_mut();
+            (*seg).prev = ptr::null_mut();
+        }
+        seg
+    }
+
+    /// Whether the header passes its integrity check.
+    pub fn cookie_ok(&self, key: usize) -> bool {
+        self.cookie == self.base() ^ key
+    }
+
+    /// The owning heap's address (0 if none).
+    #[inline(always)]
+    pub fn owner(&self) -> usize {
+        self.owner.load(Ordering::Relaxed)
+    }
+
+    /// Index of a descriptor in `slices`.
+    #[inline(always)]
+    pub fn index_of(&self, page: *const Page) -> usize {
+        (page as usize - self.slices.as_ptr() as usize) / size_of::<Page>()
+    }
+
+    /// Address of slice `idx`.
+    #[inline(always)]
+    pub fn slice_addr(&self, idx: usize) -> usize {
+        self.base() + (idx << SLICE_SHIFT)
+    }
+
+    /// The used span (slab or large block) holding address `p`, or `None`
+    /// when `p` is in the header, in a free span, or nowhere sensible.
+    #[inline(always)]
+    pub fn page_of(&self, p: usize) -> Option<&Page> {
+        let idx = (p - self.base()) >> SLICE_SHIFT;
+        if !(HEADER_SLICES..SLICES_PER_SEGMENT).contains(&idx) {
+            return None;
+        }
+        let off = self.slices[idx].slice_offset as usize;
+        if off > idx - HEADER_SLICES {
+            return None;
+        }
+        let first = &self.slices[idx - off];
+        if first.kind == SpanKind::Free || first.slice_count as usize <= off {
+            return None;
+        }
+        Some(first)
+    }
+
+    /// Marks `[idx, idx+n)` as one used span of `kind`, writing the
+    /// boundary tags. Does not touch `used_slices`.
+    pub fn mark_used(&mut self, idx: usize, n: usize, kind: SpanKind) {
+        let first = &mut self.slices[idx];
+        first.kind = kind;
+        first.slice_count = n as u32;
+        first.slice_offset = 0;
+        for i in 1..n {
+            let d = &mut self.slices[idx + i];
+            d.slice_offset = i as u32;
+            d.slice_count = 0;
+            d.kind = SpanKind::Free;
+        }
+    }
+
+    /// Marks `[idx, idx+n)` as one free span with the given state.
+    pub fn mark_free(&mut self, idx: usize, n: usize, dirty: bool, zero: bool, since: u64) {
+        let first = &mut self.slices[idx];
+        first.kind = SpanKind::Free;
+        first.slice_count = n as u32;
+        first.slice_offset = 0;
+        first.dirty = dirty;
+        first.span_is_zero = zero;
+        first.free_since = since;
+        first.next = ptr::null_mut();
+        first.prev = ptr::null_mut();
+        if n > 1 {
+            let last = &mut self.slices[idx + n - 1];
+            last.slice_offset = (n - 1) as u32;
+            last.slice_count = 0;
+            last.kind = SpanKind::Free;
+        }
+    }
+
+    /// Index of the first slice of the span that ends just before `idx`.
+    pub fn span_before(&self, idx: usize) -> Option<usize> {
+        if idx <= HEADER_SLICES {
+            return None;
+        }
+        let off = self.slices[idx - 1].slice_offset as usize;
+        (idx - 1).checked_sub(off).filter(|&i| i >= HEADER_SLICES)
+    }
+
+    /// Calls `f(idx, count)` for every span, left to right. `f` must not
+    /// change the tiling.
+    pub fn for_each_span(&self, mut f: impl FnMut(usize, usize)) {
+        let mut idx = HEADER_SLICES;
+        while idx < SLICES_PER_SEGMENT {
+            let n = (self.slices[idx].slice_count as usize).max(1);
+            f(idx, n);
+            idx += n;
+        }
+    }
+
+    /// Joins runs of adjacent free spans into single spans and calls
+    /// `f(idx)` for each resulting free span. Used after spans were freed
+    /// without coalescing (abandonment and adoption).
+    pub fn coalesce_all(&mut self, mut f: impl FnMut(&mut Segment, usize)) {
+        let mut idx = HEADER_SLICES;
+        while idx < SLICES_PER_SEGMENT {
+            let n = (self.slices[idx].slice_count as usize).max(1);
+            if self.slices[idx].kind != SpanKind::Free {
+                idx += n;
+                continue;
+            }
+            let (mut end, mut dirty, mut zero, mut since) = (
+                idx + n,
+                self.slices[idx].dirty,
+                self.slices[idx].span_is_zero,
+                self.slices[idx].free_since,
+            );
+            while end < SLICES_PER_SEGMENT && self.slices[end].kind == SpanKind::Free {
+                let m = (self.slices[end].slice_count as usize).max(1);
+                let d = &mut self.slices[end];
+                dirty |= d.dirty;
+                zero &= d.span_is_zero;
+                since = since.max(d.free_since);
+                d.slice_count = 0;
+                end += m;
+            }
+            self.mark_free(idx, end - idx, dirty, zero, since);
+            f(self, idx);
+            idx = end;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_fits_and_leaves_room() {
+        assert!(HEADER_SLICES >= 1);
+        assert!(HEADER_SLICES * 4 <= SLICES_PER_SEGMENT);
+    }
+}

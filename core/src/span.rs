@@ -1,0 +1,147 @@
+//! Bins of free spans, owned by one heap: O(1) insert and remove, and a
+//! bitmap of non-empty bins so the smallest fitting span is found without
+//! scanning empty bins.
+//!
+//! Spans of fewer than 8 slices have a bin per length; above that, four
+//! bins per power of two. A request looks first-fit in its own bin and
+//! otherwise takes any span of the next non-empty bin, which always fits.
+
+use core::ptr;
+
+use crate::page::Page;
+
+const BINS: usize = 64;
+
+/// Bin index for a span of `n >= 1` slices.
+#[inline]
+pub fn bin_of(n: usize) -> usize {
+    if n < 8 {
+        n
+    } else {
+        let k = (usize::BITS - 1 - n.leading_zeros()) as usize;
+        8 + (k - 3) * 4 + ((n >> (k - 2)) & 3)
+    }
+}
+
+/// Free spans of one heap, linked through their first descriptor.
+pub struct SpanBins {
+    heads: [*mut Page; BINS],
+    nonempty: u64,
+}
+
+impl SpanBins {
+    pub const fn new() -> Self {
+        SpanBins {
+            heads: [ptr::null_mut(); BINS],
+            nonempty: 0,
+        }
+    }
+
+    /// Adds a free span.
+    ///
+    /// # Safety
+    /// `span` must be the first descriptor of a free span not in any bin.
+    pub unsafe fn insert(&mut self, span: *mut Page) {
+        // SAFETY: the caller passes a valid descriptor we may link.
+        unsafe {
+            let b = bin_of((*span).slice_count as usize);
+            let head = self.heads[b];
+            (*span).prev = ptr::null_mut();
+            (*span).next = head;
+            if !head.is_null() {
+                (*head).prev = span;
+            }
+            self.heads[b] = span;
+            self.nonempty |= 1 << b;
+        }
+    }
+
+    /// Removes a span that is in a bin.
+    ///
+    /// # Safety
+    /// `span` must currently be linked in these bins.
+    pub unsafe fn remove(&mut self, span: *mut Page) {
+        // SAFETY: the caller guarantees the span is linked here.
+        unsafe {
+            let b = bin_of((*span).slice_count as usize);
+            let (prev, next) = ((*span).prev, (*span).next);
+            if prev.is_null() {
+                self.heads[b] = next;
+                if next.is_null() {
+                    self.nonempty &= !(1 << b);
+                }
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            (*span).next = ptr::null_mut();
+            (*span).prev = ptr::null_mut();
+        }
+    }
+
+    /// Removes and returns a span of at least `n` slices, if any.
+    ///
+    /// # Safety
+    /// Every linked descriptor must be valid.
+    pub unsafe fn take(&mut self, n: usize) -> *mut Page {
+        let b = bin_of(n);
+        // SAFETY: linked descriptors are valid (caller's invariant).
+        unsafe {
+            let mut cur = self.heads[b];
+            while !cur.is_null() {
+                if (*cur).slice_count as usize >= n {
+                    self.remove(cur);
+                    return cur;
+                }
+                cur = (*cur).next;
+            }
+            let higher = self.nonempty & !((2u64 << b) - 1);
+            if higher == 0 {
+                return ptr::null_mut();
+            }
+            let span = self.heads[higher.trailing_zeros() as usize];
+            self.remove(span);
+            span
+        }
+    }
+
+    /// Calls `f` on every binned span; `f` may not relink spans.
+    pub fn for_each(&self, mut f: impl FnMut(*mut Page)) {
+        let mut bits = self.nonempty;
+        while bits != 0 {
+            let b = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let mut cur = self.heads[b];
+            while !cur.is_null() {
+                // SAFETY: linked descriptors are valid; read `next` first so
+                // `f` may change the span's own state.
+                let next = unsafe { (*cur).next };
+                f(cur);
+                cur = next;
+            }
+        }
+    }
+}
+
+impl Default for SpanBins {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bins_are_monotonic_and_fit() {
+        let mut last = 0;
+        for n in 1..=4096 {
+            let b = bin_of(n);
+            assert!(b >= last && b < BINS);
+            last = b;
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Counters. Per-heap counters are written only by their owner with plain
+//! load/store pairs (no read-modify-write on the fast path) and summed by
+//! readers; global counters change on slow paths only.
+
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Adds to a counter that only one thread writes.
+#[inline(always)]
+pub fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+/// Counters kept by each heap.
+#[derive(Default)]
+pub struct HeapStats {
+    pub mallocs: AtomicU64,
+    pub frees: AtomicU64,
+    pub malloc_bytes: AtomicU64,
+    pub free_bytes: AtomicU64,
+    pub remote_frees: AtomicU64,
+    pub slow_paths: AtomicU64,
+}
+
+impl HeapStats {
+    pub const fn new() -> Self {
+        HeapStats {
+            mallocs: AtomicU64::new(0),
+            frees: AtomicU64::new(0),
+            malloc_bytes: AtomicU64::new(0),
+            free_bytes: AtomicU64::new(0),
+            remote_frees: AtomicU64::new(0),
+            slow_paths: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Counters shared by all heaps.
+pub struct GlobalStats {
+    /// Bytes reserved from the provider and not yet released.
+    pub reserved: AtomicUsize,
+    /// Bytes in used spans and huge blocks (the heap's active footprint).
+    pub active: AtomicUsize,
+    pub active_peak: AtomicUsize,
+    /// Bytes given back with `decommit` so far.
+    pub decommitted_total: AtomicU64,
+    pub segments: AtomicUsize,
+    pub segments_peak: AtomicUsize,
+    pub huge_live: AtomicUsize,
+    pub abandoned: AtomicUsize,
+    pub adopted_total: AtomicU64,
+    pub heaps_live: AtomicUsize,
+    /// Frees of pointers the allocator never handed out (ignored).
+    pub foreign_frees: AtomicU64,
+}
+
+impl GlobalStats {
+    pub const fn new() -> Self {
+        GlobalStats {
+            reserved: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            active_peak: AtomicUsize::new(0),
+            decommitted_total: AtomicU64::new(0),
+            segments: AtomicUsize::new(0),
+            segments_peak: AtomicUsize::new(0),
+            huge_live: AtomicUsize::new(0),
+            abandoned: AtomicUsize::new(0),
+            adopted_total: AtomicU64::new(0),
+            heaps_live: AtomicUsize::new(0),
+            foreign_frees: AtomicU64::new(0),
+        }
+    }
+
+    pub fn add_active(&self, n: usize) {
+        let now = self.active.fetch_add(n, Ordering::Relaxed) + n;
+        self.active_peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub fn sub_active(&self, n: usize) {
+        self.active.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+impl Default for GlobalStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A consistent-enough snapshot of every counter, summed over heaps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub mallocs: u64,
+    pub frees: u64,
+    /// Bytes currently allocated (usable sizes), summed over heaps.
+    pub allocated: u64,
+    pub remote_frees: u64,
+    pub active: usize,
+    pub active_peak: usize,
+    pub reserved: usize,
+    pub decommitted_total: u64,
+    pub segments: usize,
+    pub segments_peak: usize,
+    pub huge_live: usize,
+    pub abandoned: usize,
+    pub adopted_total: u64,
+    pub heaps_live: usize,
+    pub foreign_frees: u64,
+}

@@ -1,0 +1,72 @@
+//! Multithreaded and long-running workloads: cross-thread frees, thread
+//! churn, fork with busy threads, memory returned after a burst, and a
+//! randomized multithreaded run with content checks. Each test runs one
+//! program from `tests/c/` with the allocator preloaded; the programs print
+//! their measurements, which are shown when a test fails.
+
+use std::process::Command;
+use std::time::Duration;
+
+use apex_system_tests::{allocator, compile, preload, run, test_dir};
+
+/// Compiles `source` and runs it preloaded with `args`, expecting exit 0
+/// and the program's `<name>: ok` line.
+fn run_program(source: &str, args: &[&str], timeout: Duration) {
+    let alloc = allocator();
+    let name = source.trim_end_matches(".c");
+    let exe = compile(source, &test_dir!(name));
+    let mut cmd = Command::new(&exe);
+    cmd.args(args);
+    preload(&mut cmd, &alloc);
+    let out = run(&mut cmd, timeout);
+    out.assert_success();
+    assert!(
+        out.stdout.contains(&format!("{name}: ok")),
+        "no success line:\n{}",
+        out.report()
+    );
+    eprintln!("{}", out.stdout.trim_end());
+}
+
+/// 5M objects of 16-512 bytes allocated by one thread and freed by another;
+/// peak RSS must stay under 256 MiB.
+#[test]
+fn producer_consumer_memory_stays_bounded() {
+    run_program(
+        "producer_consumer.c",
+        &["5000000", "256"],
+        Duration::from_secs(90),
+    );
+}
+
+/// 5000 short-lived threads in waves of 16; after the first 1000, resident
+/// memory may grow by at most 64 MiB.
+#[test]
+fn thread_churn_memory_stays_bounded() {
+    run_program(
+        "thread_churn.c",
+        &["5000", "16", "64"],
+        Duration::from_secs(90),
+    );
+}
+
+/// 50 forks while 4 threads hammer the allocator; every child must be able
+/// to allocate and exit.
+#[test]
+fn fork_while_threads_allocate() {
+    run_program("fork_threads.c", &["50"], Duration::from_secs(120));
+}
+
+/// ~512 MiB of small and medium objects, all freed, then malloc_trim(0):
+/// resident memory must fall under 50% of its peak.
+#[test]
+fn rss_falls_after_burst_and_trim() {
+    run_program("rss_burst.c", &["512", "50"], Duration::from_secs(90));
+}
+
+/// 4 threads x 1M random operations with pattern checks and blocks
+/// handed across threads.
+#[test]
+fn multithreaded_random_with_verification() {
+    run_program("mt_random.c", &["4", "1000000"], Duration::from_secs(120));
+}
