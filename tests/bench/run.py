@@ -325,6 +325,7 @@ class Context:
         self.scale = args.scale
         self.libs = {}  # allocator -> preload path, None for glibc
         self.measure = None  # path of the measure helper once built
+        self.selected_allocators = args.allocators
         self.base_env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
 
     def env_for(self, allocator, extra=None):
@@ -339,8 +340,7 @@ class Context:
 
 class Workload:
     """Base class: a command run once per (allocator, repetition)."""
-    kind = "preload"
-    packages = []
+    packages = []  # Debian packages it needs
 
     def __init__(self, name, description):
         self.name = name
@@ -498,7 +498,7 @@ class GccWorkload(Workload):
             self.unavailable = "gcc not installed"
             return
         self.src = ctx.tmp / "generated.c"
-        self.expected = gcc_generate(self.src, max(20, int(1200 * ctx.scale)))
+        self.expected = gcc_generate(self.src, max(20, int(250 * ctx.scale)))
 
     def command(self, ctx, allocator):
         self.exe = ctx.tmp / "generated"
@@ -585,7 +585,7 @@ class RedisWorkload(Workload):
         self.bench = shutil.which("redis-benchmark")
         if not self.server or not self.bench:
             self.unavailable = "redis-server/redis-benchmark not installed"
-        self.requests = max(1000, int(60000 * ctx.scale))
+        self.requests = max(1000, int(12000 * ctx.scale))
 
     def run(self, ctx, allocator, run_id):
         rdir = ctx.runs_dir / (run_id + ".redis")
@@ -729,7 +729,6 @@ def redis_check(port):
 
 class RustWorkload(Workload):
     """The Rust binary built once per #[global_allocator] choice."""
-    kind = "rust"
 
     def allocators(self, selected):
         out = []
@@ -1222,7 +1221,6 @@ def main(argv=None):
 
 def run_suite(args, out_dir, tmp, started):
     ctx = Context(args, tmp)
-    ctx.selected_allocators = args.allocators
     workloads = [make_workload(w) for w in args.workloads]
 
     # Install what the selection needs (root only), once.
@@ -1323,10 +1321,16 @@ def run_suite(args, out_dir, tmp, started):
         cells = []
         for a in allocs_all:
             s = per.get(a)
-            cells.append("%12s" % ("" if s is None else
-                                   fmt(s["time"], "%.3f", s and status_text(s)[:11])))
+            if s is None:
+                cells.append("%12s" % "")
+            elif s["time"] is None:
+                bad = [k for k in s["statuses"] if k != "ok"]
+                cells.append("%12s" % (bad[0].upper() if bad else "-"))
+            else:
+                mark = "" if s["ok"] == s["runs"] else "*"  # some runs failed
+                cells.append("%12s" % (fmt(s["time"], "%.3f") + mark))
         log("%-14s" % wl + "".join(cells))
-    log("")
+    log("(median seconds; * = some runs failed)")
     log("results: %s, %s, %s" % (out_dir / "results.csv", out_dir / "results.md",
                                  out_dir / "chart.svg"))
 

@@ -126,7 +126,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let threads: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(2).max(1);
     let scale: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1.0);
-    let rounds = ((120.0 * scale).round() as usize).max(1);
+    let rounds = ((80.0 * scale).round() as usize).max(1);
     let n = 20_000;
 
     let start = Instant::now();
