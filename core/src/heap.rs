@@ -180,9 +180,7 @@ impl Heap {
                 // SAFETY: `p` is a fresh block of at least `size` bytes
                 // (and at least one word).
                 unsafe {
-                    if zero {
-                        (p as *mut usize).write(0);
-                    } else {
+                    if !zero {
                         ptr::write_bytes(p, 0, size);
                     }
                 }
@@ -220,9 +218,7 @@ impl Heap {
             if zero && !p.is_null() {
                 // SAFETY: fresh block of at least `size` bytes.
                 unsafe {
-                    if z {
-                        (p as *mut usize).write(0);
-                    } else {
+                    if !z {
                         ptr::write_bytes(p, 0, size);
                     }
                 }
@@ -247,6 +243,10 @@ impl Heap {
                     if next != 0 && (next ^ b as usize) > SEGMENT_MASK {
                         self.global.misuse(Misuse::FreeListCorruption, b as usize);
                     }
+                    // Clear the stale link: a live block whose first word
+                    // still decoded to a free-list link would send every
+                    // free of it down the slow double-free check.
+                    (b as *mut usize).write(0);
                     bump(&self.stats.mallocs, 1);
                     bump(&self.stats.malloc_bytes, (*page).block_size as u64);
                     return (b as *mut u8, zero);

@@ -6,11 +6,14 @@
  * free a power-law-distributed number of steps later (many short-lived,
  * few long-lived).  Objects that expire are verified and freed; one in
  * eight is instead passed to the next thread's lock-free inbox and freed
- * there, so a share of frees are remote.
+ * there, so a share of frees are remote.  An inbox holds at most
+ * INBOX_MAX objects (beyond that the owner frees locally), which keeps
+ * memory bounded when the peer thread is descheduled.
  */
 #include "common.h"
 
 #define WHEEL 8192 /* maximum lifetime in steps */
+#define INBOX_MAX 4096
 
 struct node {
     uint64_t tag;
@@ -22,6 +25,7 @@ struct worker {
     int id;
     long steps;
     _Atomic(struct node *) inbox; /* objects other threads ask us to free */
+    atomic_long pending;           /* approximate length of inbox */
     long remote_freed;
     char pad[64];
 };
@@ -46,6 +50,7 @@ static long drain_inbox(struct worker *w) {
         n = next;
         count++;
     }
+    atomic_fetch_sub(&w->pending, count);
     return count;
 }
 
@@ -62,7 +67,9 @@ static void *run(void *arg) {
         wheel[t % WHEEL] = NULL;
         while (n) {
             struct node *next = n->next;
-            if ((n->tag & 7) == 0 && nthreads > 1) {
+            if ((n->tag & 7) == 0 && nthreads > 1 &&
+                atomic_load_explicit(&peer->pending, memory_order_relaxed) < INBOX_MAX) {
+                atomic_fetch_add(&peer->pending, 1);
                 struct node *head = atomic_load(&peer->inbox);
                 do n->next = head;
                 while (!atomic_compare_exchange_weak(&peer->inbox, &head, n));
@@ -94,6 +101,7 @@ int main(int argc, char **argv) {
         ws[i].id = i;
         ws[i].steps = steps;
         atomic_init(&ws[i].inbox, NULL);
+        atomic_init(&ws[i].pending, 0);
     }
     pthread_t *tids = xmalloc(sizeof(pthread_t) * (size_t)nthreads);
     double t0 = now_sec();
