@@ -77,6 +77,11 @@ impl Write for LineBuf {
 #[inline(never)]
 pub fn report(provider: &dyn PageProvider, misuse: Misuse, ptr: usize) -> ! {
     let mut line = LineBuf::new();
-    let _ = write!(line, "apexalloc: fatal: {} (pointer {:#x})", misuse.text(), ptr);
+    let _ = write!(
+        line,
+        "apexalloc: fatal: {} (pointer {:#x})",
+        misuse.text(),
+        ptr
+    );
     provider.fatal(line.as_str())
 }

@@ -260,10 +260,8 @@ impl Global {
                 if caps.contains(Capabilities::HUGE_PAGES) {
                     // SAFETY: the range was just reserved.
                     unsafe {
-                        self.provider.hint_huge_pages(
-                            NonNull::new_unchecked(base as *mut u8),
-                            SEGMENT_SIZE,
-                        )
+                        self.provider
+                            .hint_huge_pages(NonNull::new_unchecked(base as *mut u8), SEGMENT_SIZE)
                     };
                 }
                 (base, caps.contains(Capabilities::ZERO_ON_RESERVE))
@@ -425,8 +423,8 @@ impl Global {
         let mut best: Option<usize> = None;
         for i in 0..count {
             let e = cache.entries[i];
-            let fits = e.len == len
-                || (len != SEGMENT_SIZE && e.len > len && e.len - len <= len / 4);
+            let fits =
+                e.len == len || (len != SEGMENT_SIZE && e.len > len && e.len - len <= len / 4);
             if fits && best.is_none_or(|b| cache.entries[b].len > e.len) {
                 best = Some(i);
             }

@@ -359,7 +359,8 @@ impl Heap {
             p.local_free = ptr::null_mut();
             // A large block is always "full": remote frees notify us.
             p.in_full = true;
-            p.thread_free.store(Notify::Notify as usize, Ordering::Release);
+            p.thread_free
+                .store(Notify::Notify as usize, Ordering::Release);
             if zero && !p.span_is_zero {
                 ptr::write_bytes(p.start as *mut u8, 0, size);
             }
@@ -385,7 +386,10 @@ impl Heap {
         let seg_base = segment_base_of(addr);
         if !segment_map::contains(seg_base) {
             if !p.is_null() {
-                self.global.stats.foreign_frees.fetch_add(1, Ordering::Relaxed);
+                self.global
+                    .stats
+                    .foreign_frees
+                    .fetch_add(1, Ordering::Relaxed);
             }
             return;
         }
@@ -635,10 +639,7 @@ impl Heap {
                 self.bins.remove(right);
                 let (dirty, zero) = ((*right).dirty, (*right).span_is_zero);
                 (*right).slice_count = 0;
-                if !self
-                    .global
-                    .commit(s.slice_addr(r), (need - n) * SLICE_SIZE)
-                {
+                if !self.global.commit(s.slice_addr(r), (need - n) * SLICE_SIZE) {
                     // Put it back untouched.
                     s.mark_free(r, rn, dirty, zero, self.now);
                     self.bins.insert(right);
@@ -665,7 +666,12 @@ impl Heap {
 
     /// Carves a used span of `n` slices starting on an `align` boundary
     /// (`align >= SLICE_SIZE`) from the bins, adding segments as needed.
-    fn alloc_span(&mut self, n: usize, align: usize, kind: SpanKind) -> Option<(*mut Segment, usize)> {
+    fn alloc_span(
+        &mut self,
+        n: usize,
+        align: usize,
+        kind: SpanKind,
+    ) -> Option<(*mut Segment, usize)> {
         let extra = (align - SLICE_SIZE) / SLICE_SIZE;
         loop {
             // SAFETY: binned spans are free spans of owned segments.
@@ -677,7 +683,8 @@ impl Heap {
                     let idx = s.index_of(span);
                     let m = (*span).slice_count as usize;
                     let (dirty, zero) = ((*span).dirty, (*span).span_is_zero);
-                    let head = (align_up(s.slice_addr(idx), align) - s.slice_addr(idx)) / SLICE_SIZE;
+                    let head =
+                        (align_up(s.slice_addr(idx), align) - s.slice_addr(idx)) / SLICE_SIZE;
                     let at = idx + head;
                     if !self.global.commit(s.slice_addr(at), n * SLICE_SIZE) {
                         s.mark_free(idx, m, dirty, zero, self.now);
@@ -705,7 +712,14 @@ impl Heap {
 
     /// Makes `[idx, idx+n)` a free span, merged with free neighbours, and
     /// bins it.
-    unsafe fn insert_free(&mut self, seg: *mut Segment, idx: usize, n: usize, dirty: bool, zero: bool) {
+    unsafe fn insert_free(
+        &mut self,
+        seg: *mut Segment,
+        idx: usize,
+        n: usize,
+        dirty: bool,
+        zero: bool,
+    ) {
         // SAFETY: `seg` is owned; its free spans are all binned, so any free
         // neighbour found through the boundary tags is in our bins.
         unsafe {
@@ -938,7 +952,7 @@ impl Heap {
         self.drain_delayed();
         self.tick += 1;
         bump(&self.stats.slow_paths, 1);
-        if self.tick % PURGE_CHECK_INTERVAL == 0 {
+        if self.tick.is_multiple_of(PURGE_CHECK_INTERVAL) {
             self.now = self
                 .global
                 .now()
@@ -1095,9 +1109,8 @@ unsafe fn find_block(seg: *mut Segment, addr: usize) -> Found {
             // Freeing the first byte of a free span is most likely a block
             // that was already freed.
             let idx = (addr - s.base()) / SLICE_SIZE;
-            let looks_freed = addr % SLICE_SIZE == 0
-                && idx >= HEADER_SLICES
-                && idx < SLICES_PER_SEGMENT
+            let looks_freed = addr.is_multiple_of(SLICE_SIZE)
+                && (HEADER_SLICES..SLICES_PER_SEGMENT).contains(&idx)
                 && s.slices[idx].kind == SpanKind::Free
                 && s.slices[idx].slice_offset == 0;
             return Found::Invalid(if looks_freed {
@@ -1115,9 +1128,7 @@ unsafe fn find_block(seg: *mut Segment, addr: usize) -> Found {
                     Found::Invalid(Misuse::InvalidFree)
                 }
             }
-            SpanKind::Large if addr == (*page).start => {
-                Found::Block(page, (*page).block_size)
-            }
+            SpanKind::Large if addr == (*page).start => Found::Block(page, (*page).block_size),
             _ => Found::Invalid(Misuse::InvalidFree),
         }
     }

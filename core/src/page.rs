@@ -142,7 +142,9 @@ pub struct Page {
 }
 
 impl Page {
-    /// An all-zero descriptor, as found in fresh segment headers.
+    /// An all-zero descriptor, as found in fresh segment headers. Each use
+    /// is meant to be a fresh value, so the interior atomic is not shared.
+    #[allow(clippy::declare_interior_mutable_const)]
     pub const EMPTY: Page = Page {
         free: ptr::null_mut(),
         local_free: ptr::null_mut(),
@@ -435,6 +437,9 @@ mod tests {
         let e = encode(next, slot, key);
         assert_ne!(e, next as usize);
         assert_eq!(decode(e, slot, key), next);
-        assert_eq!(decode(encode(ptr::null_mut(), slot, key), slot, key), ptr::null_mut());
+        assert_eq!(
+            decode(encode(ptr::null_mut(), slot, key), slot, key),
+            ptr::null_mut()
+        );
     }
 }

@@ -44,7 +44,7 @@ const fn class_of_const(size: usize) -> usize {
         if size == 0 {
             0
         } else {
-            (size + 15) / 16 - 1
+            size.div_ceil(16) - 1
         }
     } else {
         class_of_large(size)
@@ -113,7 +113,7 @@ pub fn class_for_aligned(size: usize, align: usize) -> Option<usize> {
     let c = class_of(need);
     // The smallest multiple of a power-of-two alignment at or above `need`
     // is always a class boundary (see the module docs), but check anyway.
-    if class_size(c) % align == 0 {
+    if class_size(c).is_multiple_of(align) {
         Some(c)
     } else {
         None

@@ -30,7 +30,11 @@ fn check_upto(p: *mut u8, size: usize, seed: u8, upto: usize) {
     {
         // SAFETY: inside the block.
         let v = unsafe { *p.add(i) };
-        assert_eq!(v, seed.wrapping_add(i as u8), "block {p:?} size {size} byte {i}");
+        assert_eq!(
+            v,
+            seed.wrapping_add(i as u8),
+            "block {p:?} size {size} byte {i}"
+        );
     }
 }
 
@@ -136,7 +140,10 @@ fn run_model(seed: u64, steps: usize) {
     heap.release_now();
     let snap = snapshot(g);
     assert_eq!(snap.allocated, 0, "bytes still counted as allocated");
-    assert_eq!(snap.active, 0, "spans still active after freeing everything");
+    assert_eq!(
+        snap.active, 0,
+        "spans still active after freeing everything"
+    );
     assert_eq!(snap.segments, 0, "segments kept after release_now");
 }
 

@@ -202,7 +202,11 @@ pub fn print_stats() {
         s.segments,
         s.segments_peak,
         mib(s.reserved as u64),
-        if cfg!(debug_assertions) { "debug" } else { "release" },
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
     );
 }
 

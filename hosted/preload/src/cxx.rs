@@ -109,7 +109,10 @@ macro_rules! nothrow_new_aligned {
         }
     )*};
 }
-nothrow_new_aligned!(_ZnwmSt11align_val_tRKSt9nothrow_t, _ZnamSt11align_val_tRKSt9nothrow_t);
+nothrow_new_aligned!(
+    _ZnwmSt11align_val_tRKSt9nothrow_t,
+    _ZnamSt11align_val_tRKSt9nothrow_t
+);
 
 macro_rules! delete {
     ($($name:ident ( $($arg:ident : $ty:ty),* )),*) => {$(
