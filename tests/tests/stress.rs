@@ -70,3 +70,24 @@ fn rss_falls_after_burst_and_trim() {
 fn multithreaded_random_with_verification() {
     run_program("mt_random.c", &["4", "1000000"], Duration::from_secs(120));
 }
+
+/// Allocation in pthread-key destructors that run after the allocator's
+/// own, in atexit handlers and in ELF destructors, with blocks crossing
+/// from the dying threads to the main thread.
+#[test]
+fn allocation_after_thread_cleanup_and_at_exit() {
+    let alloc = allocator();
+    let exe = compile("late_cleanup.c", &test_dir!("late_cleanup"));
+    let mut cmd = Command::new(&exe);
+    preload(&mut cmd, &alloc);
+    let out = run(&mut cmd, Duration::from_secs(60));
+    out.assert_success();
+    for line in ["late_cleanup: ok", "late_cleanup: atexit ok"] {
+        assert!(out.stdout.contains(line), "missing {line:?}:\n{}", out.report());
+    }
+    assert!(
+        out.stderr.contains("late_cleanup: destructor ok"),
+        "ELF destructor did not finish:\n{}",
+        out.report()
+    );
+}
