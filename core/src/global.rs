@@ -108,17 +108,7 @@ impl Global {
 
     /// Adds a destroyed heap's counters to the retired totals.
     pub(crate) fn retire_stats(&self, s: &HeapStats) {
-        let pairs = [
-            (&self.retired.mallocs, &s.mallocs),
-            (&self.retired.frees, &s.frees),
-            (&self.retired.malloc_bytes, &s.malloc_bytes),
-            (&self.retired.free_bytes, &s.free_bytes),
-            (&self.retired.remote_frees, &s.remote_frees),
-            (&self.retired.slow_paths, &s.slow_paths),
-        ];
-        for (total, part) in pairs {
-            total.fetch_add(part.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
+        self.retired.absorb(s);
     }
 
     /// Global counters plus the retired heaps' totals.
@@ -127,10 +117,11 @@ impl Global {
         let g = &self.stats;
         let ld = |a: &core::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let lu = |a: &AtomicUsize| a.load(Ordering::Relaxed);
+        let (mallocs, frees, allocated) = r.totals();
         Snapshot {
-            mallocs: ld(&r.mallocs),
-            frees: ld(&r.frees),
-            allocated: ld(&r.malloc_bytes).wrapping_sub(ld(&r.free_bytes)),
+            mallocs,
+            frees,
+            allocated,
             remote_frees: ld(&r.remote_frees),
             active: lu(&g.active),
             active_peak: lu(&g.active_peak),

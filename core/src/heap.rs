@@ -21,7 +21,7 @@ use crate::fatal::Misuse;
 use crate::global::Global;
 use crate::layout::{
     align_up, segment_base_of, LARGE_MAX, MAX_CLASS_SIZE, MIN_ALIGN, SEGMENT_MASK, SEGMENT_SIZE,
-    SLICES_PER_SEGMENT, SLICE_SIZE,
+    SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE,
 };
 use crate::page::{self, Block, Notify, Page, SpanKind};
 use crate::provider::{Capabilities, PAGE_SIZE};
@@ -247,8 +247,7 @@ impl Heap {
                     // still decoded to a free-list link would send every
                     // free of it down the slow double-free check.
                     (b as *mut usize).write(0);
-                    bump(&self.stats.mallocs, 1);
-                    bump(&self.stats.malloc_bytes, (*page).block_size as u64);
+                    self.stats.count_class_malloc(c);
                     return (b as *mut u8, zero);
                 }
             }
@@ -396,33 +395,49 @@ impl Heap {
         // SAFETY: the segment map says a live segment header is there.
         unsafe {
             let seg = seg_base as *mut Segment;
+            // The common case, checked cheaply: a block boundary in the
+            // first slice of a slab in our own segment. A descriptor that is a span's first slice and says
+            // `Slab` always describes a live slab. Everything else takes
+            // the fully validating slow path.
             if (*seg).owner() == self.id() {
-                if let Some(page) = (*seg).page_of(addr) {
-                    let page = page as *const Page as *mut Page;
-                    if (*page).kind == SpanKind::Slab {
-                        let off = addr - (*page).start;
-                        if (*page).is_block_offset(off) {
-                            let b = p as *mut Block;
-                            let link = page::next_of(b, self.key) as usize;
-                            // A free block's link is null or points into its
-                            // segment; live data rarely looks like that.
-                            if (link == 0 || (link ^ addr) <= SEGMENT_MASK)
-                                && (*page).list_contains(b, self.key)
-                            {
-                                self.global.misuse(Misuse::DoubleFree, addr);
-                            }
-                            (*page).push_local(b, self.key);
-                            bump(&self.stats.frees, 1);
-                            bump(&self.stats.free_bytes, (*page).block_size as u64);
-                            if (*page).used == 0 || (*page).in_full {
-                                self.after_local_free(page);
-                            }
-                            return;
-                        }
+                let idx = (addr - seg_base) >> SLICE_SHIFT;
+                if let Some(d) = (*seg).slices.get(idx) {
+                    if d.slice_offset == 0
+                        && d.kind == SpanKind::Slab
+                        && d.is_block_offset(addr - d.start)
+                    {
+                        self.free_to_own_slab(d as *const Page as *mut Page, p as *mut Block);
+                        return;
                     }
                 }
             }
             self.free_slow(seg, addr);
+        }
+    }
+
+    /// Frees a block of one of this heap's slabs, after a cheap check for a
+    /// double free.
+    ///
+    /// # Safety
+    /// `b` must be a block start of the slab `page`, owned by this heap.
+    #[inline(always)]
+    unsafe fn free_to_own_slab(&mut self, page: *mut Page, b: *mut Block) {
+        // SAFETY: the caller guarantees `page` is our slab holding `b`.
+        unsafe {
+            let link = page::next_of(b, self.key) as usize;
+            // A free block's link is null or points into its segment; live
+            // blocks have their link cleared at allocation, so seeing one is
+            // rare enough to confirm by scanning the page's lists.
+            if (link == 0 || (link ^ b as usize) <= SEGMENT_MASK)
+                && (*page).list_contains(b, self.key)
+            {
+                self.global.misuse(Misuse::DoubleFree, b as usize);
+            }
+            (*page).push_local(b, self.key);
+            self.stats.count_class_free((*page).class as usize);
+            if (*page).used == 0 || (*page).in_full {
+                self.after_local_free(page);
+            }
         }
     }
 
@@ -444,15 +459,25 @@ impl Heap {
                     self.global.misuse(m, addr)
                 }
             };
-            bump(&self.stats.frees, 1);
-            bump(&self.stats.free_bytes, usable as u64);
+            let b = addr as *mut Block;
+            if !(*seg).is_huge && (*seg).owner() == self.id() && (*page).kind == SpanKind::Slab {
+                // Own slab block the fast path did not take (multi-slice
+                // slab): the same checks and bookkeeping.
+                self.free_to_own_slab(page, b);
+                return;
+            }
+            if !(*seg).is_huge && (*page).kind == SpanKind::Slab {
+                self.stats.count_class_free((*page).class as usize);
+            } else {
+                bump(&self.stats.frees, 1);
+                bump(&self.stats.free_bytes, usable as u64);
+            }
             if (*seg).is_huge {
                 self.global.free_huge(seg);
                 return;
             }
-            let b = addr as *mut Block;
             if (*seg).owner() == self.id() {
-                // Own large block (own small blocks took the fast path).
+                // Own large block.
                 self.free_own_block(page, b);
                 return;
             }
@@ -1166,12 +1191,10 @@ pub fn snapshot(global: &Global) -> Snapshot {
         // SAFETY: registered heaps are never unmapped; counters are atomics.
         unsafe {
             let st = &(*h).stats;
-            s.mallocs += st.mallocs.load(Ordering::Relaxed);
-            s.frees += st.frees.load(Ordering::Relaxed);
-            s.allocated = s
-                .allocated
-                .wrapping_add(st.malloc_bytes.load(Ordering::Relaxed))
-                .wrapping_sub(st.free_bytes.load(Ordering::Relaxed));
+            let (m, f, bytes) = st.totals();
+            s.mallocs += m;
+            s.frees += f;
+            s.allocated = s.allocated.wrapping_add(bytes);
             s.remote_frees += st.remote_frees.load(Ordering::Relaxed);
             h = (*h).all_next;
         }

@@ -120,6 +120,7 @@ pub struct Page {
     pub block_size: usize,
     /// Divisibility check of block offsets (see [`Page::is_block_offset`]).
     div_shift: u32,
+    div_low_mask: usize,
     div_inv: u64,
     div_limit: u64,
     /// Remote frees: encoded list head plus [`Notify`] state bits.
@@ -157,6 +158,7 @@ impl Page {
         start: 0,
         block_size: 0,
         div_shift: 0,
+        div_low_mask: 0,
         div_inv: 0,
         div_limit: 0,
         thread_free: AtomicUsize::new(0),
@@ -181,6 +183,7 @@ impl Page {
             inv = inv.wrapping_mul(2u64.wrapping_sub(odd.wrapping_mul(inv)));
         }
         self.div_shift = shift;
+        self.div_low_mask = (1usize << shift) - 1;
         self.div_inv = inv;
         self.div_limit = u64::MAX / odd;
     }
@@ -190,7 +193,7 @@ impl Page {
     /// low s bits are zero and (x >> s)·d⁻¹ mod 2^64 ≤ (2^64-1)/d.
     #[inline(always)]
     pub fn is_block_offset(&self, offset: usize) -> bool {
-        let low = offset & ((1usize << self.div_shift) - 1);
+        let low = offset & self.div_low_mask;
         let q = ((offset >> self.div_shift) as u64).wrapping_mul(self.div_inv);
         low == 0 && q <= self.div_limit
     }

@@ -4,15 +4,20 @@
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use crate::size_class::{class_size, NUM_CLASSES};
+
 /// Adds to a counter that only one thread writes.
 #[inline(always)]
 pub fn bump(c: &AtomicU64, n: u64) {
     c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
 
-/// Counters kept by each heap.
-#[derive(Default)]
+/// Counters kept by each heap. Small blocks are counted per size class
+/// (one store per operation; bytes follow from the class sizes); large and
+/// huge blocks in `mallocs`/`frees` and the byte counters.
 pub struct HeapStats {
+    pub class_mallocs: [AtomicU64; NUM_CLASSES],
+    pub class_frees: [AtomicU64; NUM_CLASSES],
     pub mallocs: AtomicU64,
     pub frees: AtomicU64,
     pub malloc_bytes: AtomicU64,
@@ -24,6 +29,8 @@ pub struct HeapStats {
 impl HeapStats {
     pub const fn new() -> Self {
         HeapStats {
+            class_mallocs: [const { AtomicU64::new(0) }; NUM_CLASSES],
+            class_frees: [const { AtomicU64::new(0) }; NUM_CLASSES],
             mallocs: AtomicU64::new(0),
             frees: AtomicU64::new(0),
             malloc_bytes: AtomicU64::new(0),
@@ -31,6 +38,61 @@ impl HeapStats {
             remote_frees: AtomicU64::new(0),
             slow_paths: AtomicU64::new(0),
         }
+    }
+}
+
+impl Default for HeapStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HeapStats {
+    /// Counts a small block allocated from class `c`.
+    #[inline(always)]
+    pub fn count_class_malloc(&self, c: usize) {
+        debug_assert!(c < NUM_CLASSES);
+        // SAFETY: size classes are always below NUM_CLASSES.
+        bump(unsafe { self.class_mallocs.get_unchecked(c) }, 1);
+    }
+
+    /// Counts a small block of class `c` freed.
+    #[inline(always)]
+    pub fn count_class_free(&self, c: usize) {
+        debug_assert!(c < NUM_CLASSES);
+        // SAFETY: size classes are always below NUM_CLASSES.
+        bump(unsafe { self.class_frees.get_unchecked(c) }, 1);
+    }
+
+    /// (allocations, frees, bytes allocated minus bytes freed).
+    pub fn totals(&self) -> (u64, u64, u64) {
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (mut m, mut f) = (ld(&self.mallocs), ld(&self.frees));
+        let mut bytes = ld(&self.malloc_bytes).wrapping_sub(ld(&self.free_bytes));
+        for c in 0..NUM_CLASSES {
+            let (cm, cf) = (ld(&self.class_mallocs[c]), ld(&self.class_frees[c]));
+            m += cm;
+            f += cf;
+            bytes = bytes.wrapping_add(cm.wrapping_sub(cf).wrapping_mul(class_size(c) as u64));
+        }
+        (m, f, bytes)
+    }
+
+    /// Adds every counter of `other` into `self` (atomically).
+    pub fn absorb(&self, other: &HeapStats) {
+        let add = |to: &AtomicU64, from: &AtomicU64| {
+            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        };
+        for c in 0..NUM_CLASSES {
+            add(&self.class_mallocs[c], &other.class_mallocs[c]);
+            add(&self.class_frees[c], &other.class_frees[c]);
+        }
+        add(&self.mallocs, &other.mallocs);
+        add(&self.frees, &other.frees);
+        add(&self.malloc_bytes, &other.malloc_bytes);
+        add(&self.free_bytes, &other.free_bytes);
+        add(&self.remote_frees, &other.remote_frees);
+        add(&self.slow_paths, &other.slow_paths);
     }
 }
 

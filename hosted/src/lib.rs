@@ -335,9 +335,8 @@ pub fn zalloc_aligned(size: usize, align: usize) -> *mut u8 {
 /// afterwards.
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
-    if bootstrap::contains(p) {
-        return;
-    }
+    // Bootstrap-arena blocks are not in any segment, so the core treats
+    // them as foreign and ignores them, as it should.
     // SAFETY: forwarded from the caller. A block freed while this thread
     // initialises is leaked rather than touching a heap.
     with_heap(|h| unsafe { h.free(p) }, || ())

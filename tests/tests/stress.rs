@@ -83,7 +83,11 @@ fn allocation_after_thread_cleanup_and_at_exit() {
     let out = run(&mut cmd, Duration::from_secs(60));
     out.assert_success();
     for line in ["late_cleanup: ok", "late_cleanup: atexit ok"] {
-        assert!(out.stdout.contains(line), "missing {line:?}:\n{}", out.report());
+        assert!(
+            out.stdout.contains(line),
+            "missing {line:?}:\n{}",
+            out.report()
+        );
     }
     assert!(
         out.stderr.contains("late_cleanup: destructor ok"),
