@@ -35,7 +35,7 @@ step "test kernels under QEMU"
 (cd qemu && cargo test)
 
 step "benchmark suite smoke pass"
-python3 tests/bench/run.py --smoke --out target/bench-smoke
+python3 tests/bench/run.py --smoke --require-apex --out target/bench-smoke
 
 echo
 echo "all tests passed"

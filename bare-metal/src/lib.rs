@@ -9,6 +9,8 @@
 //! - [`provider`]: [`BuddyProvider`], the core's
 //!   [`PageProvider`](apex_core::provider::PageProvider) over the buddy
 //!   allocator;
+//! - [`kernel_alloc`]: [`KernelAlloc`], the core's heaps as the kernel's
+//!   `#[global_allocator]`, one heap per CPU;
 //! - [`early_heap`]: [`EarlyHeap`], a simple global allocator for early boot,
 //!   carved from the buddy allocator, used until per-CPU heaps exist;
 //! - [`percpu`]: dense CPU indices from local APIC IDs, the plumbing for the
@@ -41,6 +43,7 @@ pub(crate) use log_debug;
 
 pub mod buddy;
 pub mod early_heap;
+pub mod kernel_alloc;
 pub mod percpu;
 pub mod provider;
 pub mod ranges;
@@ -48,5 +51,6 @@ pub mod rdrand;
 
 pub use buddy::Buddy;
 pub use early_heap::EarlyHeap;
+pub use kernel_alloc::KernelAlloc;
 pub use provider::BuddyProvider;
 pub use ranges::Range;
