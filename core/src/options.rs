@@ -13,7 +13,8 @@ pub struct Options {
     /// (`APEX_SEGMENT_CACHE`, default 8).
     pub segment_cache: AtomicUsize,
     /// Resident bytes of freed huge blocks kept for reuse
-    /// (`APEX_HUGE_CACHE_MB`, default 64 MiB).
+    /// (`APEX_HUGE_CACHE_MB`, default 256 MiB). Entries older than the purge
+    /// delay are decommitted at the next slow path; `malloc_trim` drops all.
     pub huge_cache_bytes: AtomicUsize,
     /// Check suspected double frees (`APEX_CHECK_DOUBLE_FREE`, default on).
     pub check_double_free: AtomicBool,
@@ -24,7 +25,7 @@ impl Options {
         Options {
             purge_delay: AtomicU64::new(10),
             segment_cache: AtomicUsize::new(8),
-            huge_cache_bytes: AtomicUsize::new(64 << 20),
+            huge_cache_bytes: AtomicUsize::new(256 << 20),
             check_double_free: AtomicBool::new(true),
         }
     }
