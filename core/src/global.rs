@@ -241,10 +241,13 @@ impl Global {
     pub fn new_segment(&self) -> Option<*mut Segment> {
         let key = self.key();
         let caps = self.caps();
-        let (base, zero) = match self.cache_take(SEGMENT_SIZE) {
+        // `zero`: the body reads as zero. `fresh`: so does the header; a
+        // recycled segment's header was never decommitted and still holds
+        // the old descriptors, which must not survive into the new one.
+        let (base, zero, fresh) = match self.cache_take(SEGMENT_SIZE) {
             Some((base, _, committed)) => {
                 let zero = !committed && caps.contains(Capabilities::ZERO_AFTER_DECOMMIT);
-                (base, zero)
+                (base, zero, false)
             }
             None => {
                 let base = self.reserve(SEGMENT_SIZE, SEGMENT_SIZE)?;
@@ -255,7 +258,8 @@ impl Global {
                             .hint_huge_pages(NonNull::new_unchecked(base as *mut u8), SEGMENT_SIZE)
                     };
                 }
-                (base, caps.contains(Capabilities::ZERO_ON_RESERVE))
+                let zero = caps.contains(Capabilities::ZERO_ON_RESERVE);
+                (base, zero, zero)
             }
         };
         // SAFETY: header pages of a segment are always committed on use.
@@ -265,13 +269,13 @@ impl Global {
             return None;
         }
         // SAFETY: the range is ours, aligned and unused.
-        let seg = unsafe { Segment::init(base, base, SEGMENT_SIZE, key, zero) };
+        let seg = unsafe { Segment::init(base, base, SEGMENT_SIZE, key, fresh) };
         let since = self.now().unwrap_or(0);
         // SAFETY: `seg` was just initialised and is exclusively ours.
         unsafe {
             let n = crate::layout::SLICES_PER_SEGMENT - HEADER_SLICES;
-            (*seg).mark_free(HEADER_SLICES, n, false, zero, since);
             // A recycled body was decommitted: it is not dirty.
+            (*seg).mark_free(HEADER_SLICES, n, false, zero, since);
         }
         segment_map::insert(base);
         let n = self.stats.segments.fetch_add(1, Ordering::Relaxed) + 1;
@@ -330,15 +334,19 @@ impl Global {
     pub fn alloc_huge(&self, size: usize, align: usize) -> Option<(*mut u8, bool)> {
         let header = HEADER_SLICES * SLICE_SIZE;
         let caps = self.caps();
+        let mut reused = false;
         let (base, len, p, seg_base, zero) = if align < SEGMENT_SIZE {
             let off = align_up(header, align.max(PAGE_SIZE));
             let want = align_up(off.checked_add(size)?, PAGE_SIZE);
             let (base, len, zero) = match self.cache_take(want) {
-                Some((base, len, committed)) => (
-                    base,
-                    len,
-                    !committed && caps.contains(Capabilities::ZERO_AFTER_DECOMMIT),
-                ),
+                Some((base, len, committed)) => {
+                    reused = true;
+                    (
+                        base,
+                        len,
+                        !committed && caps.contains(Capabilities::ZERO_AFTER_DECOMMIT),
+                    )
+                }
                 None => (
                     self.reserve(want, SEGMENT_SIZE)?,
                     want,
@@ -368,7 +376,9 @@ impl Global {
         }
         // SAFETY: `seg_base` is segment-aligned, inside the reservation and
         // unused.
-        let seg = unsafe { Segment::init(seg_base, base, len, self.key(), zero) };
+        // Only a fresh reservation is known to have a zeroed header.
+        let fresh = zero && !reused;
+        let seg = unsafe { Segment::init(seg_base, base, len, self.key(), fresh) };
         // SAFETY: freshly initialised and exclusively ours.
         unsafe {
             (*seg).is_huge = true;

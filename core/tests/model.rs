@@ -319,3 +319,29 @@ fn overwritten_free_link_is_detected() {
         }
     }
 }
+
+/// A block freed again after its segment went to the cache and came back:
+/// the recycled segment's header must not keep the old slab descriptors.
+#[test]
+#[should_panic(expected = "apexalloc: fatal: double free")]
+fn stale_pointer_into_a_recycled_segment_is_fatal() {
+    let (_p, g) = instance();
+    let hb = HeapBox::new(g);
+    let heap = hb.get();
+    // Two slabs of different classes, then everything back to the cache.
+    let a = heap.malloc(64);
+    let b = heap.malloc(3000);
+    // SAFETY: live blocks, freed once.
+    unsafe {
+        heap.free(a);
+        heap.free(b);
+    }
+    heap.release_now();
+    assert_eq!(snapshot(g).segments, 0);
+    // The segment comes back from the cache with only the first class in
+    // use; `b`'s old slab is now part of a free span.
+    let a2 = heap.malloc(64);
+    assert_eq!(a2, a, "the cached segment was not reused");
+    // SAFETY: deliberately frees a pointer into a free span.
+    unsafe { heap.free(b) };
+}
