@@ -427,10 +427,27 @@ impl Heap {
             let link = page::next_of(b, self.key) as usize;
             // A free block's link is null or points into its segment; live
             // blocks have their link cleared at allocation, so seeing one is
-            // rare enough to confirm by scanning the page's lists.
-            if (link == 0 || (link ^ b as usize) <= SEGMENT_MASK)
-                && (*page).list_contains(b, self.key)
-            {
+            // rare enough to confirm out of line, by scanning the page.
+            if link == 0 || (link ^ b as usize) <= SEGMENT_MASK {
+                return self.free_suspected_double(page, b);
+            }
+            (*page).push_local(b, self.key);
+            self.stats.count_class_free((*page).class as usize);
+            if (*page).used == 0 || (*page).in_full {
+                self.after_local_free(page);
+            }
+        }
+    }
+
+    /// A block whose first word looks like a free-list link: a double free
+    /// if the page's lists hold it, otherwise a live block whose data merely
+    /// looks like a link, freed normally.
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_suspected_double(&mut self, page: *mut Page, b: *mut Block) {
+        // SAFETY: the caller passes our slab and a block start in it.
+        unsafe {
+            if (*page).list_contains(b, self.key) {
                 self.global.misuse(Misuse::DoubleFree, b as usize);
             }
             (*page).push_local(b, self.key);
@@ -857,7 +874,7 @@ impl Heap {
                         s.used_slices -= n;
                         self.global.stats.sub_active(n * SLICE_SIZE);
                         (*page).kind = SpanKind::Free;
-                        (*page).dirty = true;
+                                    (*page).dirty = true;
                         (*page).span_is_zero = false;
                         (*page).free_since = self.now;
                     }
