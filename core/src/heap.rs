@@ -23,11 +23,14 @@ use crate::layout::{
     align_up, segment_base_of, LARGE_MAX, MAX_CLASS_SIZE, MIN_ALIGN, SEGMENT_MASK, SEGMENT_SIZE,
     SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE,
 };
-use crate::page::{self, Block, Notify, Page, SpanKind};
+use crate::page::{self, Block, Notify, Page, SpanKind, TAG_QUEUED_SLAB};
 use crate::provider::{Capabilities, PAGE_SIZE};
 use crate::segment::{Segment, HEADER_SLICES};
 use crate::segment_map;
-use crate::size_class::{class_for_aligned, class_of, CLASSES, NUM_CLASSES};
+use crate::size_class::{
+    class_for_aligned, class_of, direct_index, direct_slots, CLASSES, DIRECT_CLASSES, DIRECT_MAX,
+    DIRECT_SLOTS, NUM_CLASSES,
+};
 use crate::span::SpanBins;
 use crate::stats::{bump, HeapStats, Snapshot};
 
@@ -43,8 +46,26 @@ struct PageQueue {
     last: *mut Page,
 }
 
+/// A descriptor that never has free blocks: the direct-table entry of a
+/// class with no queued page, so the malloc fast path needs no null check.
+/// Nothing ever writes to it (a page is only written after a block was
+/// found on its free list).
+struct EmptyPage(core::cell::UnsafeCell<Page>);
+// SAFETY: the page is never written, only read.
+unsafe impl Sync for EmptyPage {}
+static EMPTY_PAGE: EmptyPage = EmptyPage(core::cell::UnsafeCell::new(Page::EMPTY));
+
+#[inline(always)]
+fn empty_page() -> *mut Page {
+    EMPTY_PAGE.0.get()
+}
+
 /// A thread's (or CPU's) private allocator state.
 pub struct Heap {
+    /// For requests up to `DIRECT_MAX` bytes, by `direct_index(size)`: the
+    /// first page of the class's queue, or the always-empty page. Kept in
+    /// step with `queues` by the queue operations.
+    direct: [*mut Page; DIRECT_SLOTS],
     queues: [PageQueue; NUM_CLASSES],
     key: usize,
     global: &'static Global,
@@ -107,6 +128,7 @@ impl Heap {
         unsafe {
             let all_next = (*h).all_next;
             h.write(Heap {
+                direct: [empty_page(); DIRECT_SLOTS],
                 queues: [PageQueue {
                     first: ptr::null_mut(),
                     last: ptr::null_mut(),
@@ -164,8 +186,20 @@ impl Heap {
     /// Allocates `size` bytes aligned to 16. Null when out of memory.
     #[inline(always)]
     pub fn malloc(&mut self, size: usize) -> *mut u8 {
-        if size <= MAX_CLASS_SIZE {
-            self.alloc_class(class_of(size)).0
+        if size <= DIRECT_MAX {
+            // SAFETY: `direct_index(size) < DIRECT_SLOTS`; direct entries
+            // are queued pages of this heap or the empty page.
+            unsafe {
+                let page = *self.direct.get_unchecked(direct_index(size));
+                let b = self.pop_block(page);
+                if !b.is_null() {
+                    self.stats.count_class_malloc((*page).class as usize);
+                    return b;
+                }
+            }
+            self.alloc_class_slow(class_of(size))
+        } else if size <= MAX_CLASS_SIZE {
+            self.alloc_class(class_of(size))
         } else {
             self.alloc_big(size, MIN_ALIGN, false)
         }
@@ -175,17 +209,7 @@ impl Heap {
     #[inline]
     pub fn zalloc(&mut self, size: usize) -> *mut u8 {
         if size <= MAX_CLASS_SIZE {
-            let (p, zero) = self.alloc_class(class_of(size));
-            if !p.is_null() {
-                // SAFETY: `p` is a fresh block of at least `size` bytes
-                // (and at least one word).
-                unsafe {
-                    if !zero {
-                        ptr::write_bytes(p, 0, size);
-                    }
-                }
-            }
-            p
+            self.alloc_class_zeroed(class_of(size), size)
         } else {
             self.alloc_big(size, MIN_ALIGN, true)
         }
@@ -214,50 +238,95 @@ impl Heap {
         // Blocks of a class whose size is a multiple of `align` are all
         // aligned, because slabs start on slice boundaries.
         if let Some(c) = class_for_aligned(size, align) {
-            let (p, z) = self.alloc_class(c);
-            if zero && !p.is_null() {
-                // SAFETY: fresh block of at least `size` bytes.
-                unsafe {
-                    if !z {
-                        ptr::write_bytes(p, 0, size);
-                    }
-                }
-            }
-            return p;
+            return if zero {
+                self.alloc_class_zeroed(c, size)
+            } else {
+                self.alloc_class(c)
+            };
         }
         self.alloc_big(size, align, zero)
     }
 
+    /// Pops a block from `page`'s free list, checking the link it leaves
+    /// behind; null when the list is empty.
+    ///
+    /// # Safety
+    /// `page` must be a queued page of this heap or the empty page.
     #[inline(always)]
-    fn alloc_class(&mut self, c: usize) -> (*mut u8, bool) {
+    unsafe fn pop_block(&mut self, page: *mut Page) -> *mut u8 {
+        // SAFETY: the caller's contract; the empty page has no free blocks,
+        // so it is never written.
+        unsafe {
+            let b = (*page).pop_free(self.key);
+            if b.is_null() {
+                return ptr::null_mut();
+            }
+            let next = (*page).free as usize;
+            // A link leaving the block's segment means the free list was
+            // overwritten (a use-after-free write).
+            if next != 0 && (next ^ b as usize) > SEGMENT_MASK {
+                self.global.misuse(Misuse::FreeListCorruption, b as usize);
+            }
+            // Clear the stale link: a live block whose first word still
+            // decoded to a free-list link would send every free of it down
+            // the slow double-free check.
+            (b as *mut usize).write(0);
+            b as *mut u8
+        }
+    }
+
+    /// Allocates a block of class `c`.
+    #[inline(always)]
+    fn alloc_class(&mut self, c: usize) -> *mut u8 {
         let page = self.queues[c].first;
         if !page.is_null() {
             // SAFETY: queued pages belong to this heap's segments.
-            unsafe {
-                let zero = (*page).free_is_zero;
-                let b = (*page).pop_free(self.key);
-                if !b.is_null() {
-                    let next = (*page).free as usize;
-                    // A link leaving the block's segment means the free list
-                    // was overwritten (a use-after-free write).
-                    if next != 0 && (next ^ b as usize) > SEGMENT_MASK {
-                        self.global.misuse(Misuse::FreeListCorruption, b as usize);
-                    }
-                    // Clear the stale link: a live block whose first word
-                    // still decoded to a free-list link would send every
-                    // free of it down the slow double-free check.
-                    (b as *mut usize).write(0);
-                    self.stats.count_class_malloc(c);
-                    return (b as *mut u8, zero);
-                }
+            let b = unsafe { self.pop_block(page) };
+            if !b.is_null() {
+                self.stats.count_class_malloc(c);
+                return b;
             }
         }
         self.alloc_class_slow(c)
     }
 
+    /// Allocates a zeroed block of class `c` for a request of `size` bytes.
+    fn alloc_class_zeroed(&mut self, c: usize, size: usize) -> *mut u8 {
+        let mut page = self.queues[c].first;
+        // SAFETY: queued pages belong to this heap's segments.
+        unsafe {
+            if page.is_null() || (*page).free.is_null() {
+                if !self.refill(c) {
+                    return ptr::null_mut();
+                }
+                page = self.queues[c].first;
+            }
+            // Whether the blocks on the list are known to be zero.
+            let zero = (*page).free_is_zero;
+            let b = self.pop_block(page);
+            if !b.is_null() {
+                self.stats.count_class_malloc(c);
+                if !zero {
+                    ptr::write_bytes(b, 0, size);
+                }
+            }
+            b
+        }
+    }
+
     #[cold]
     #[inline(never)]
-    fn alloc_class_slow(&mut self, c: usize) -> (*mut u8, bool) {
+    fn alloc_class_slow(&mut self, c: usize) -> *mut u8 {
+        if !self.refill(c) {
+            return ptr::null_mut();
+        }
+        self.alloc_class(c)
+    }
+
+    /// Makes the first page of class `c`'s queue have free blocks: collects
+    /// frees into queued pages, parks full ones, or adds a new slab.
+    /// Returns false when out of memory.
+    fn refill(&mut self, c: usize) -> bool {
         self.on_slow_path();
         let key = self.key;
         // SAFETY: every page reached from the queue belongs to this heap.
@@ -274,7 +343,7 @@ impl Heap {
                         self.queue_remove(c, page);
                         self.queue_push_front(c, page);
                     }
-                    return self.alloc_class(c);
+                    return true;
                 }
                 // Full: leave the queue and ask remote freers to tell us.
                 self.queue_remove(c, page);
@@ -286,10 +355,7 @@ impl Heap {
                 }
                 page = next;
             }
-            match self.new_slab(c) {
-                Some(_) => self.alloc_class(c),
-                None => (ptr::null_mut(), false),
-            }
+            self.new_slab(c).is_some()
         }
     }
 
@@ -396,19 +462,31 @@ impl Heap {
         unsafe {
             let seg = seg_base as *mut Segment;
             // The common case, checked cheaply: a block boundary in the
-            // first slice of a slab in our own segment. A descriptor that is a span's first slice and says
-            // `Slab` always describes a live slab. Everything else takes
-            // the fully validating slow path.
+            // first slice of a queued slab of our own segment (one tag
+            // compare). Everything else takes the fully validating slow path.
             if (*seg).owner() == self.id() {
+                // `addr - seg_base` is at most SEGMENT_SIZE, so the index is
+                // at most SLICES_PER_SEGMENT: the guard descriptor.
                 let idx = (addr - seg_base) >> SLICE_SHIFT;
-                if let Some(d) = (*seg).slices.get(idx) {
-                    if d.slice_offset == 0
-                        && d.kind == SpanKind::Slab
-                        && d.is_block_offset(addr - d.start)
-                    {
-                        self.free_to_own_slab(d as *const Page as *mut Page, p as *mut Block);
-                        return;
+                let d: *mut Page = (*seg).slices.as_mut_ptr().add(idx);
+                if (*d).tag() == TAG_QUEUED_SLAB && (*d).is_block_offset(addr - (*d).start) {
+                    let b = p as *mut Block;
+                    let link = page::next_of(b, self.key) as usize;
+                    // A free block's link is null or points into its
+                    // segment; live blocks have their link cleared at
+                    // allocation, so seeing one is rare enough to confirm out
+                    // of line, by scanning the page.
+                    if link == 0 || (link ^ addr) <= SEGMENT_MASK {
+                        return self.free_suspected_double(d, b);
                     }
+                    // Counting first lets the `used` decrement feed the
+                    // emptiness test directly.
+                    self.stats.count_class_free((*d).class as usize);
+                    (*d).push_local(b, self.key);
+                    if (*d).used == 0 {
+                        self.after_local_free(d);
+                    }
+                    return;
                 }
             }
             self.free_slow(seg, addr);
@@ -927,6 +1005,7 @@ impl Heap {
             q.first = ptr::null_mut();
             q.last = ptr::null_mut();
         }
+        self.direct = [empty_page(); DIRECT_SLOTS];
     }
 
     /// Takes over an abandoned segment with its live blocks.
@@ -1003,12 +1082,32 @@ impl Heap {
         }
     }
 
+    /// Runs the decay check now instead of at the next periodic one: free
+    /// spans and empty segments older than the purge delay go back to the
+    /// provider (a kernel's idle loop, or a thread about to sleep).
+    pub fn decay(&mut self) {
+        self.drain_delayed();
+        self.now = self
+            .global
+            .now()
+            .unwrap_or(self.tick / PURGE_CHECK_INTERVAL);
+        self.purge(false);
+    }
+
     /// Returns memory to the provider now: every free span is decommitted,
     /// every empty segment and every cached range released. For
     /// `malloc_trim` and `arena.purge`.
     pub fn release_now(&mut self) {
+        self.release_empty_pages();
+        self.now = self.global.now().unwrap_or(self.now);
+        self.purge(true);
+        self.global.purge_cache(self.now, true);
+    }
+
+    /// Retires the empty slabs each class queue keeps for reuse, so their
+    /// spans become free spans (and their segments possibly empty).
+    pub fn release_empty_pages(&mut self) {
         self.drain_delayed();
-        // Empty pages kept for reuse count as free too.
         for c in 0..NUM_CLASSES {
             let mut page = self.queues[c].first;
             while !page.is_null() {
@@ -1024,9 +1123,6 @@ impl Heap {
                 }
             }
         }
-        self.now = self.global.now().unwrap_or(self.now);
-        self.purge(true);
-        self.global.purge_cache(self.now, true);
     }
 
     /// Decommits free spans older than the purge delay (all with `force`)
@@ -1081,6 +1177,20 @@ impl Heap {
     // Queues
     // ----------------------------------------------------------------------
 
+    /// Points the direct-table slots of class `c` at its first page.
+    #[inline]
+    fn sync_direct(&mut self, c: usize) {
+        if c >= DIRECT_CLASSES {
+            return;
+        }
+        let first = self.queues[c].first;
+        let entry = if first.is_null() { empty_page() } else { first };
+        let (lo, hi) = direct_slots(c);
+        for slot in &mut self.direct[lo..=hi] {
+            *slot = entry;
+        }
+    }
+
     unsafe fn queue_push_front(&mut self, c: usize, page: *mut Page) {
         let q = &mut self.queues[c];
         // SAFETY: `page` is an own, unqueued slab.
@@ -1094,6 +1204,7 @@ impl Heap {
             }
         }
         q.first = page;
+        self.sync_direct(c);
     }
 
     unsafe fn queue_push_back(&mut self, c: usize, page: *mut Page) {
@@ -1109,6 +1220,9 @@ impl Heap {
             }
         }
         q.last = page;
+        if q.first == page {
+            self.sync_direct(c);
+        }
     }
 
     unsafe fn queue_remove(&mut self, c: usize, page: *mut Page) {
@@ -1128,6 +1242,9 @@ impl Heap {
             }
             (*page).next = ptr::null_mut();
             (*page).prev = ptr::null_mut();
+            if prev.is_null() {
+                self.sync_direct(c);
+            }
         }
     }
 }

@@ -96,7 +96,8 @@ pub unsafe fn set_next(b: *mut Block, next: *mut Block, key: usize) {
 /// Only the descriptor of a span's first slice is meaningful; the others
 /// hold `slice_offset`, the distance back to it (a boundary tag), so any
 /// interior pointer finds its span.
-#[repr(C)]
+/// Cache-line aligned, so the hot fields of every descriptor share one line.
+#[repr(C, align(64))]
 pub struct Page {
     // Hot fields first: the fast paths touch only the first cache line.
     /// Blocks ready for allocation.
@@ -109,38 +110,50 @@ pub struct Page {
     pub capacity: u32,
     /// Blocks that fit in the span.
     pub reserved: u32,
+    // The next three fields form the span tag, read as one `u32` by the
+    // free fast path (see [`Page::tag`]); keep them together, in this order.
+    /// Distance to the span's first slice (0 for the first slice).
+    pub slice_offset: u16,
     pub kind: SpanKind,
-    /// Size class of a slab.
-    pub class: u8,
     /// Set when the page left its queue because it was full.
     pub in_full: bool,
     /// First byte of the span (for huge/aligned large: of the block).
     pub start: usize,
     /// Block size of a slab; usable size of a large/huge block.
     pub block_size: usize,
-    /// Divisibility check of block offsets (see [`Page::is_block_offset`]).
-    div_shift: u32,
-    div_low_mask: usize,
-    div_inv: u64,
-    div_limit: u64,
-    /// Remote frees: encoded list head plus [`Notify`] state bits.
-    pub thread_free: AtomicUsize,
-    /// Queue or bin links.
-    pub next: *mut Page,
-    pub prev: *mut Page,
-    /// Span length in slices (first slice only).
-    pub slice_count: u32,
-    /// Distance to the span's first slice (0 for the first slice).
-    pub slice_offset: u32,
+    /// `ceil(2^64 / block_size)`: offsets that are multiples of the block
+    /// size are exactly those whose product with it wraps below it
+    /// (see [`Page::is_block_offset`]).
+    div_magic: u64,
+    /// Size class of a slab.
+    pub class: u8,
     /// The blocks in `free` are known to hold zeros (except their link).
     pub free_is_zero: bool,
     /// The whole span reads as zero (fresh from the provider).
     pub span_is_zero: bool,
     /// Parts of this free span may be resident and can be decommitted.
     pub dirty: bool,
+    /// Span length in slices (first slice only).
+    pub slice_count: u32,
+    /// Remote frees: encoded list head plus [`Notify`] state bits.
+    pub thread_free: AtomicUsize,
+    /// Queue or bin links.
+    pub next: *mut Page,
+    pub prev: *mut Page,
     /// When the span became free (clock or event count), for decay.
     pub free_since: u64,
 }
+
+/// The span tag of the first slice of a slab that is in its queue (not
+/// full): the only descriptor state the free fast path accepts.
+pub const TAG_QUEUED_SLAB: u32 = u32::from_ne_bytes([0, 0, SpanKind::Slab as u8, 0]);
+
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(Page, slice_offset) % 4 == 0);
+    assert!(offset_of!(Page, kind) == offset_of!(Page, slice_offset) + 2);
+    assert!(offset_of!(Page, in_full) == offset_of!(Page, slice_offset) + 3);
+};
 
 impl Page {
     /// An all-zero descriptor, as found in fresh segment headers. Each use
@@ -152,50 +165,53 @@ impl Page {
         used: 0,
         capacity: 0,
         reserved: 0,
+        slice_offset: 0,
         kind: SpanKind::Free,
-        class: 0,
         in_full: false,
         start: 0,
         block_size: 0,
-        div_shift: 0,
-        div_low_mask: 0,
-        div_inv: 0,
-        div_limit: 0,
-        thread_free: AtomicUsize::new(0),
-        next: ptr::null_mut(),
-        prev: ptr::null_mut(),
-        slice_count: 0,
-        slice_offset: 0,
+        div_magic: 0,
+        class: 0,
         free_is_zero: false,
         span_is_zero: false,
         dirty: false,
+        slice_count: 0,
+        thread_free: AtomicUsize::new(0),
+        next: ptr::null_mut(),
+        prev: ptr::null_mut(),
         free_since: 0,
     };
 
     /// Prepares the block-offset check for `block_size`.
     pub fn set_block_size(&mut self, block_size: usize) {
         self.block_size = block_size;
-        let shift = block_size.trailing_zeros();
-        let odd = (block_size >> shift) as u64;
-        // Inverse of an odd number modulo 2^64 by Newton's iteration.
-        let mut inv = odd;
-        for _ in 0..6 {
-            inv = inv.wrapping_mul(2u64.wrapping_sub(odd.wrapping_mul(inv)));
-        }
-        self.div_shift = shift;
-        self.div_low_mask = (1usize << shift) - 1;
-        self.div_inv = inv;
-        self.div_limit = u64::MAX / odd;
+        self.div_magic = (u64::MAX / block_size as u64).wrapping_add(1);
     }
 
-    /// Whether `offset` (from `start`) is a multiple of the block size,
-    /// without a division: x is a multiple of 2^s·d (d odd) exactly when its
-    /// low s bits are zero and (x >> s)·d⁻¹ mod 2^64 ≤ (2^64-1)/d.
+    /// Whether `offset` (from `start`, below 2^32) is a multiple of the
+    /// block size, without a division: with c = ceil(2^64/d), n is a
+    /// multiple of d exactly when n·c mod 2^64 < c, for every n < 2^32
+    /// (Lemire, Kaser and Kurz, "Faster remainder by direct computation").
+    /// Spans are far smaller than 4 GiB, so every in-span offset qualifies.
     #[inline(always)]
     pub fn is_block_offset(&self, offset: usize) -> bool {
-        let low = offset & self.div_low_mask;
-        let q = ((offset >> self.div_shift) as u64).wrapping_mul(self.div_inv);
-        low == 0 && q <= self.div_limit
+        (offset as u64).wrapping_mul(self.div_magic) < self.div_magic
+    }
+
+    /// `slice_offset`, `kind` and `in_full` as one word, so the free fast
+    /// path checks "first slice of a queued slab" with one comparison
+    /// against [`TAG_QUEUED_SLAB`].
+    #[inline(always)]
+    pub fn tag(&self) -> u32 {
+        // SAFETY: the three fields are adjacent, fully initialised bytes at
+        // a 4-aligned offset (checked at compile time above), and the
+        // pointer is derived from the whole descriptor.
+        unsafe {
+            (self as *const Page as *const u8)
+                .add(core::mem::offset_of!(Page, slice_offset))
+                .cast::<u32>()
+                .read()
+        }
     }
 
     /// Pops a block from `free`, if any. The owner's fast path.
@@ -424,12 +440,41 @@ mod tests {
     #[test]
     fn divisibility_check_matches_division() {
         let mut p = Page::EMPTY;
-        for bs in [16usize, 48, 80, 144, 160, 1792, 4096, 5120, 73728, 458752] {
+        for c in 0..crate::size_class::NUM_CLASSES {
+            let bs = crate::size_class::class_size(c);
             p.set_block_size(bs);
-            for off in (0..(bs * 40)).step_by(16) {
+            let span = crate::size_class::slab_slices(c) * crate::layout::SLICE_SIZE;
+            for off in (0..span + bs).step_by(16) {
+                assert_eq!(p.is_block_offset(off), off % bs == 0, "bs {bs} off {off}");
+            }
+            // Offsets that are not multiples of 16 never pass either.
+            for off in [1, 8, 15, bs + 1, bs - 8] {
+                assert!(!p.is_block_offset(off), "bs {bs} off {off}");
+            }
+        }
+        // Large blocks: whole slices, up to a segment.
+        for n in [1usize, 3, 7, 100, 255] {
+            let bs = n * crate::layout::SLICE_SIZE;
+            p.set_block_size(bs);
+            for off in (0..crate::layout::SEGMENT_SIZE).step_by(4096) {
                 assert_eq!(p.is_block_offset(off), off % bs == 0, "bs {bs} off {off}");
             }
         }
+    }
+
+    #[test]
+    fn span_tag_reads_the_three_fields() {
+        let mut p = Page::EMPTY;
+        p.kind = SpanKind::Slab;
+        assert_eq!(p.tag(), TAG_QUEUED_SLAB);
+        p.in_full = true;
+        assert_ne!(p.tag(), TAG_QUEUED_SLAB);
+        p.in_full = false;
+        p.slice_offset = 1;
+        assert_ne!(p.tag(), TAG_QUEUED_SLAB);
+        p.slice_offset = 0;
+        p.kind = SpanKind::Large;
+        assert_ne!(p.tag(), TAG_QUEUED_SLAB);
     }
 
     #[test]

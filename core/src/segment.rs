@@ -31,8 +31,11 @@ pub struct Segment {
     /// Links in the owning heap's list, the abandoned list or the cache.
     pub next: *mut Segment,
     pub prev: *mut Segment,
-    /// One descriptor per slice.
-    pub slices: [Page; SLICES_PER_SEGMENT],
+    /// One descriptor per slice, plus a guard that stays an empty free
+    /// descriptor: a pointer at the very end of a segment (which
+    /// `segment_base_of` maps to this segment) indexes it, so the free fast
+    /// path needs no bounds check.
+    pub slices: [Page; SLICES_PER_SEGMENT + 1],
 }
 
 /// Slices taken by the header at the start of each segment.
@@ -127,7 +130,7 @@ impl Segment {
         first.slice_offset = 0;
         for i in 1..n {
             let d = &mut self.slices[idx + i];
-            d.slice_offset = i as u32;
+            d.slice_offset = i as u16;
             d.slice_count = 0;
             d.kind = SpanKind::Free;
         }
@@ -146,7 +149,7 @@ impl Segment {
         first.prev = ptr::null_mut();
         if n > 1 {
             let last = &mut self.slices[idx + n - 1];
-            last.slice_offset = (n - 1) as u32;
+            last.slice_offset = (n - 1) as u16;
             last.slice_count = 0;
             last.kind = SpanKind::Free;
         }

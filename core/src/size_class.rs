@@ -63,6 +63,41 @@ static SMALL_LOOKUP: [u8; SMALL_LOOKUP_MAX / 16 + 1] = {
     t
 };
 
+/// Requests up to this size find their page through a heap's direct table,
+/// indexed by [`direct_index`], with no class lookup.
+pub const DIRECT_MAX: usize = SMALL_LOOKUP_MAX;
+/// Entries of the direct table.
+pub const DIRECT_SLOTS: usize = SMALL_LOOKUP_MAX / 16 + 1;
+/// Classes served through the direct table (every class up to `DIRECT_MAX`).
+pub const DIRECT_CLASSES: usize = class_of_const(DIRECT_MAX) + 1;
+
+/// The direct-table slot of a request of `size <= DIRECT_MAX` bytes.
+#[inline(always)]
+pub const fn direct_index(size: usize) -> usize {
+    (size + 15) >> 4
+}
+
+/// The direct-table slots `[first, last]` that map to class `c`
+/// (`c < DIRECT_CLASSES`): the slots whose entry is the class's first page.
+pub fn direct_slots(c: usize) -> (usize, usize) {
+    let (first, last) = DIRECT_RANGES[c];
+    (first as usize, last as usize)
+}
+
+static DIRECT_RANGES: [(u8, u8); DIRECT_CLASSES] = {
+    let mut t = [(u8::MAX, 0u8); DIRECT_CLASSES];
+    let mut i = 0;
+    while i < DIRECT_SLOTS {
+        let c = SMALL_LOOKUP[i] as usize;
+        if t[c].0 == u8::MAX {
+            t[c].0 = i as u8;
+        }
+        t[c].1 = i as u8;
+        i += 1;
+    }
+    t
+};
+
 /// How many slices a slab of class `c` spans: the fewest that hold at least
 /// one block while wasting at most 1/8 of the slab at its tail.
 pub const fn slab_slices(c: usize) -> usize {
@@ -167,6 +202,22 @@ mod tests {
                     assert!(class_size(c) >= size);
                     assert!(class_size(c) <= size + align + size / 8);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn direct_slots_cover_exactly_their_class() {
+        for size in 0..=DIRECT_MAX {
+            let c = class_of(size);
+            assert!(c < DIRECT_CLASSES);
+            let (first, last) = direct_slots(c);
+            assert!((first..=last).contains(&direct_index(size)), "size {size}");
+        }
+        for c in 0..DIRECT_CLASSES {
+            let (first, last) = direct_slots(c);
+            for i in first..=last {
+                assert_eq!(class_of(i * 16), c);
             }
         }
     }

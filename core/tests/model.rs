@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use apex_core::{snapshot, usable_size, Heap};
 use common::{instance, HeapBox, Rng};
@@ -326,9 +327,11 @@ fn overwritten_free_link_is_detected() {
 #[should_panic(expected = "apexalloc: fatal: double free")]
 fn stale_pointer_into_a_recycled_segment_is_fatal() {
     let (_p, g) = instance();
+    g.options.purge_delay.store(0, Ordering::Relaxed);
     let hb = HeapBox::new(g);
     let heap = hb.get();
-    // Two slabs of different classes, then everything back to the cache.
+    // Two slabs of different classes, then the empty segment goes to the
+    // cache (kept reserved, header untouched).
     let a = heap.malloc(64);
     let b = heap.malloc(3000);
     // SAFETY: live blocks, freed once.
@@ -336,7 +339,8 @@ fn stale_pointer_into_a_recycled_segment_is_fatal() {
         heap.free(a);
         heap.free(b);
     }
-    heap.release_now();
+    heap.release_empty_pages();
+    heap.decay();
     assert_eq!(snapshot(g).segments, 0);
     // The segment comes back from the cache with only the first class in
     // use; `b`'s old slab is now part of a free span.
