@@ -12,7 +12,7 @@ use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use spin::Mutex;
 
 use crate::fatal::{self, Misuse};
-use crate::layout::{align_up, SEGMENT_SIZE, SLICE_SIZE};
+use crate::layout::{align_up, SEGMENT_SIZE, SLICES_PER_SEGMENT, SLICE_SIZE};
 use crate::options::Options;
 use crate::page::SpanKind;
 use crate::provider::{Capabilities, PageProvider, PAGE_SIZE};
@@ -244,8 +244,15 @@ impl Global {
         // `zero`: the body reads as zero. `fresh`: so does the header; a
         // recycled segment's header was never decommitted and still holds
         // the old descriptors, which must not survive into the new one.
+        // `resident`: which slices of a resident recycled body were touched
+        // (its header was never decommitted and still says).
+        let mut resident = None;
         let (base, zero, fresh) = match self.cache_take(SEGMENT_SIZE) {
             Some((base, _, committed)) => {
+                if committed {
+                    // SAFETY: a cached segment's header is intact and ours.
+                    resident = Some(unsafe { (*(base as *const Segment)).resident });
+                }
                 let zero = !committed && caps.contains(Capabilities::ZERO_AFTER_DECOMMIT);
                 (base, zero, false)
             }
@@ -270,12 +277,13 @@ impl Global {
         }
         // SAFETY: the range is ours, aligned and unused.
         let seg = unsafe { Segment::init(base, base, SEGMENT_SIZE, key, fresh) };
-        let since = self.now().unwrap_or(0);
         // SAFETY: `seg` was just initialised and is exclusively ours.
         unsafe {
-            let n = crate::layout::SLICES_PER_SEGMENT - HEADER_SLICES;
-            // A recycled body was decommitted: it is not dirty.
-            (*seg).mark_free(HEADER_SLICES, n, false, zero, since);
+            let n = SLICES_PER_SEGMENT - HEADER_SLICES;
+            if let Some(mask) = resident {
+                (*seg).resident = mask;
+            }
+            (*seg).mark_free(HEADER_SLICES, n, resident.is_some(), zero);
         }
         segment_map::insert(base);
         let n = self.stats.segments.fetch_add(1, Ordering::Relaxed) + 1;
@@ -293,10 +301,11 @@ impl Global {
         let base = unsafe { (*seg).base() };
         segment_map::remove(base);
         self.stats.segments.fetch_sub(1, Ordering::Relaxed);
-        let body = HEADER_SLICES * SLICE_SIZE;
-        // SAFETY: nothing in the body is live.
-        unsafe { self.decommit(base + body, SEGMENT_SIZE - body) };
-        self.cache_put(base, SEGMENT_SIZE, false);
+        // Kept resident (within the cache's budget) and decommitted only
+        // after the purge delay: in thread churn the next thread takes the
+        // segment again within milliseconds, and decommitting it now would
+        // only make it fault in again.
+        self.cache_put(base, SEGMENT_SIZE, true);
     }
 
     /// Pushes a segment whose owner is gone.
@@ -309,6 +318,61 @@ impl Global {
         unsafe { (*seg).next = list.head };
         list.head = seg;
         self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Decommits the dirty free spans of abandoned segments that gained no
+    /// free span for `delay` past their purge deadline (all with `force`),
+    /// so the memory of exited threads does not stay resident until someone
+    /// adopts it. The list is
+    /// taken whole and put back, so the lock is not held across provider
+    /// calls; a heap that finds it empty meanwhile takes a new segment.
+    pub fn purge_abandoned(&self, now: u64, delay: u64, force: bool) {
+        if self.stats.abandoned.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let head = {
+            let mut list = self.abandoned.lock();
+            core::mem::replace(&mut list.head, ptr::null_mut())
+        };
+        if head.is_null() {
+            return;
+        }
+        let zero_after = self.caps().contains(Capabilities::ZERO_AFTER_DECOMMIT);
+        let mut tail = head;
+        let mut seg = head;
+        while !seg.is_null() {
+            // SAFETY: segments taken off the abandoned list are exclusively
+            // ours; remote freers touch only the `thread_free` words of used
+            // spans, never free spans or the header fields used here.
+            unsafe {
+                let s = &mut *seg;
+                // `purge_at == 0`: purged already; an abandoned segment gains
+                // no free spans until it is adopted.
+                if s.purge_at != 0 && (force || now >= s.purge_at.saturating_add(delay)) {
+                    s.purge_at = 0;
+                    let mut idx = HEADER_SLICES;
+                    while idx < crate::layout::SLICES_PER_SEGMENT {
+                        let n = (s.slices[idx].slice_count as usize).max(1);
+                        let d = &mut s.slices[idx];
+                        if d.kind == SpanKind::Free && d.dirty {
+                            d.dirty = false;
+                            d.span_is_zero = zero_after;
+                            let base = s.base();
+                            s.take_resident(idx, n, |first, len| {
+                                self.decommit(base + first * SLICE_SIZE, len * SLICE_SIZE);
+                            });
+                        }
+                        idx += n;
+                    }
+                }
+                tail = seg;
+                seg = s.next;
+            }
+        }
+        let mut list = self.abandoned.lock();
+        // SAFETY: `tail` is the last segment of the chain we took.
+        unsafe { (*tail).next = list.head };
+        list.head = head;
     }
 
     /// Pops an abandoned segment for adoption.
@@ -374,10 +438,10 @@ impl Global {
             unsafe { self.release(base, len) };
             return None;
         }
-        // SAFETY: `seg_base` is segment-aligned, inside the reservation and
-        // unused.
         // Only a fresh reservation is known to have a zeroed header.
         let fresh = zero && !reused;
+        // SAFETY: `seg_base` is segment-aligned, inside the reservation and
+        // unused.
         let seg = unsafe { Segment::init(seg_base, base, len, self.key(), fresh) };
         // SAFETY: freshly initialised and exclusively ours.
         unsafe {

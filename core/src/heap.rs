@@ -37,8 +37,17 @@ use crate::stats::{bump, HeapStats, Snapshot};
 /// Bytes of fresh blocks carved per refill: small enough not to touch a
 /// whole slab at once, large enough to amortise the slow path.
 const EXTEND_BYTES: usize = 16 * 1024;
+/// The least free memory a heap keeps resident for reuse (see
+/// `Heap::purge`).
+const PURGE_RESERVE_MIN: usize = 1 << 20;
+/// An empty slab that is its class's only page is kept for reuse only if
+/// it holds more blocks than this.
+const LONE_PAGE_MIN_BLOCKS: u32 = 8;
 /// Check for decay every this many slow paths.
 const PURGE_CHECK_INTERVAL: u64 = 64;
+/// A segment's pending decommit is deferred by at most this many purge
+/// delays while it keeps gaining free spans (see `Heap::schedule_purge`).
+const PURGE_MAX_DEFER: u64 = 8;
 
 #[derive(Clone, Copy)]
 struct PageQueue {
@@ -139,7 +148,9 @@ impl Heap {
                 segments: ptr::null_mut(),
                 delayed: AtomicUsize::new(0),
                 tick: 0,
-                now: global.now().unwrap_or(0),
+                // Without a clock, time counts purge checks from 1, so 0
+                // never reads as a time that has passed.
+                now: global.now().unwrap_or(1),
                 stats: HeapStats::new(),
                 all_next,
                 free_next: ptr::null_mut(),
@@ -615,9 +626,12 @@ impl Heap {
                 self.queue_push_back(c, page);
             }
             if (*page).used == 0 {
-                // Keep a lone page to avoid thrashing on alloc/free cycles.
+                // Keep a lone page to avoid thrashing on alloc/free cycles,
+                // unless it holds only a few big blocks: re-carving such a
+                // slab costs little next to the blocks' own use, while every
+                // class and heap keeping one would hold megabytes idle.
                 let q = self.queues[c];
-                if q.first == page && q.last == page {
+                if q.first == page && q.last == page && (*page).reserved > LONE_PAGE_MIN_BLOCKS {
                     return;
                 }
                 self.queue_remove(c, page);
@@ -761,11 +775,12 @@ impl Heap {
                 (*right).slice_count = 0;
                 if !self.global.commit(s.slice_addr(r), (need - n) * SLICE_SIZE) {
                     // Put it back untouched.
-                    s.mark_free(r, rn, dirty, zero, self.now);
+                    s.mark_free(r, rn, dirty, zero);
                     self.bins.insert(right);
                     return false;
                 }
                 s.mark_used(idx, need, SpanKind::Large);
+                s.mark_resident(r, need - n);
                 s.used_slices += need - n;
                 self.global.stats.add_active((need - n) * SLICE_SIZE);
                 if n + rn > need {
@@ -807,11 +822,12 @@ impl Heap {
                         (align_up(s.slice_addr(idx), align) - s.slice_addr(idx)) / SLICE_SIZE;
                     let at = idx + head;
                     if !self.global.commit(s.slice_addr(at), n * SLICE_SIZE) {
-                        s.mark_free(idx, m, dirty, zero, self.now);
+                        s.mark_free(idx, m, dirty, zero);
                         self.bins.insert(span);
                         return None;
                     }
                     s.mark_used(at, n, kind);
+                    s.mark_resident(at, n);
                     s.slices[at].span_is_zero = zero;
                     if head > 0 {
                         self.insert_free(seg, idx, head, dirty, zero);
@@ -868,8 +884,11 @@ impl Heap {
                     idx = l;
                 }
             }
-            s.mark_free(idx, n, dirty, zero, self.now);
+            s.mark_free(idx, n, dirty, zero);
             self.bins.insert(&mut s.slices[idx]);
+            if dirty {
+                self.schedule_purge(seg);
+            }
         }
     }
 
@@ -931,6 +950,7 @@ impl Heap {
         // SAFETY: `seg` is owned by this heap (or being adopted by it).
         unsafe {
             let s = &mut *seg;
+            let mut freed = false;
             let mut idx = HEADER_SLICES;
             while idx < SLICES_PER_SEGMENT {
                 let n = (s.slices[idx].slice_count as usize).max(1);
@@ -952,12 +972,15 @@ impl Heap {
                         s.used_slices -= n;
                         self.global.stats.sub_active(n * SLICE_SIZE);
                         (*page).kind = SpanKind::Free;
-                                    (*page).dirty = true;
+                        (*page).dirty = true;
                         (*page).span_is_zero = false;
-                        (*page).free_since = self.now;
+                        freed = true;
                     }
                 }
                 idx += n;
+            }
+            if freed {
+                self.schedule_purge(seg);
             }
         }
     }
@@ -995,6 +1018,9 @@ impl Heap {
                     (*seg).owner.store(0, Ordering::Release);
                     self.global.retire_segment(seg);
                 } else {
+                    // Its free memory is purged while abandoned if nobody
+                    // adopts it in time (see `Global::purge_abandoned`).
+                    self.schedule_purge(seg);
                     (*seg).owner.store(0, Ordering::Release);
                     self.global.push_abandoned(seg);
                 }
@@ -1067,6 +1093,36 @@ impl Heap {
     // Decay and trimming
     // ----------------------------------------------------------------------
 
+    /// Notes that `seg` gained a dirty free span: its dirty spans become
+    /// due for decommit one purge delay from now. A segment that keeps
+    /// freeing is in active use, so each new dirty span pushes the deadline
+    /// out again, but never beyond `PURGE_MAX_DEFER` delays after the batch
+    /// began: decommitting memory that is about to be reused only buys page
+    /// faults, while a bound keeps a busy segment from hoarding forever.
+    /// The clock is read afresh (a coarse monotonic clock on Linux, cheap);
+    /// without one, time is the slow-path event count.
+    unsafe fn schedule_purge(&mut self, seg: *mut Segment) {
+        if let Some(t) = self.global.now() {
+            self.now = t;
+        }
+        let now = self.now;
+        let delay = self.global.options.purge_delay();
+        // SAFETY: the caller holds `seg` (owns or is adopting it).
+        unsafe {
+            let s = &mut *seg;
+            if s.purge_at == 0 {
+                s.purge_first = now;
+                // Never 0, which marks "nothing pending".
+                s.purge_at = now.saturating_add(delay).max(1);
+            } else {
+                let bound = s
+                    .purge_first
+                    .saturating_add(delay.saturating_mul(PURGE_MAX_DEFER));
+                s.purge_at = s.purge_at.max(now.saturating_add(delay).min(bound));
+            }
+        }
+    }
+
     /// Per-slow-path housekeeping: delayed frees and, now and then, decay.
     #[inline]
     fn on_slow_path(&mut self) {
@@ -1077,7 +1133,7 @@ impl Heap {
             self.now = self
                 .global
                 .now()
-                .unwrap_or(self.tick / PURGE_CHECK_INTERVAL);
+                .unwrap_or(self.tick / PURGE_CHECK_INTERVAL + 1);
             self.purge(false);
         }
     }
@@ -1090,7 +1146,7 @@ impl Heap {
         self.now = self
             .global
             .now()
-            .unwrap_or(self.tick / PURGE_CHECK_INTERVAL);
+            .unwrap_or(self.tick / PURGE_CHECK_INTERVAL + 1);
         self.purge(false);
     }
 
@@ -1101,6 +1157,7 @@ impl Heap {
         self.release_empty_pages();
         self.now = self.global.now().unwrap_or(self.now);
         self.purge(true);
+        self.global.purge_abandoned(self.now, 0, true);
         self.global.purge_cache(self.now, true);
     }
 
@@ -1125,42 +1182,91 @@ impl Heap {
         }
     }
 
-    /// Decommits free spans older than the purge delay (all with `force`)
-    /// and retires segments that are entirely free.
+    /// Decommits dirty free spans of segments whose purge deadline has
+    /// passed, beyond a resident reserve, and retires segments that are
+    /// entirely free. With `force`, decommits every free span and retires
+    /// every empty segment.
+    ///
+    /// The reserve (a quarter of the heap's used slices, at least
+    /// `PURGE_RESERVE_MIN` bytes) keeps the free memory a heap cycles
+    /// through from being decommitted and faulted in again on every
+    /// fluctuation; what exceeds it after a burst is returned.
     fn purge(&mut self, force: bool) {
-        let delay = self.global.options.purge_delay();
         let now = self.now;
         let global = self.global;
         let zero_after = global.caps().contains(Capabilities::ZERO_AFTER_DECOMMIT);
         let full_span = (SLICES_PER_SEGMENT - HEADER_SLICES) as u32;
+        // A segment is due when its deadline passed or nothing is pending
+        // (`purge_at == 0`).
+        let due = |seg: *mut Segment| {
+            // SAFETY: only called on our own segments.
+            force || now >= unsafe { (*seg).purge_at }
+        };
+        let mut used = 0usize;
+        let mut seg = self.segments;
+        while !seg.is_null() {
+            // SAFETY: owned segments are linked through `next`.
+            unsafe {
+                used += (*seg).used_slices;
+                seg = (*seg).next;
+            }
+        }
+        let mut dirty = 0usize;
         self.bins.for_each(|span| {
             // SAFETY: binned spans are free spans of owned segments.
             unsafe {
-                let expired = force || now.saturating_sub((*span).free_since) >= delay;
-                // Whole free segments are retired below instead.
-                if !expired || !(*span).dirty || (*span).slice_count == full_span {
-                    return;
+                if (*span).dirty {
+                    let seg = ((span as usize) & !SEGMENT_MASK) as *mut Segment;
+                    let idx = (*seg).index_of(span);
+                    dirty += (*seg).resident_count(idx, (*span).slice_count as usize);
                 }
-                let seg = ((span as usize) & !SEGMENT_MASK) as *mut Segment;
-                let idx = (*seg).index_of(span);
-                global.decommit(
-                    (*seg).slice_addr(idx),
-                    (*span).slice_count as usize * SLICE_SIZE,
-                );
-                (*span).dirty = false;
-                (*span).span_is_zero = zero_after;
             }
         });
+        let keep = if force {
+            0
+        } else {
+            (used / 4).max(PURGE_RESERVE_MIN / SLICE_SIZE)
+        };
+        let mut excess = dirty.saturating_sub(keep);
+        if excess > 0 {
+            self.bins.for_each(|span| {
+                // SAFETY: binned spans are free spans of owned segments.
+                unsafe {
+                    let seg = ((span as usize) & !SEGMENT_MASK) as *mut Segment;
+                    // Whole free segments are retired below instead.
+                    if excess == 0
+                        || !(*span).dirty
+                        || (*span).slice_count == full_span
+                        || !due(seg)
+                    {
+                        return;
+                    }
+                    let n = (*span).slice_count as usize;
+                    let idx = (*seg).index_of(span);
+                    let base = (*seg).base();
+                    (*seg).take_resident(idx, n, |first, len| {
+                        global.decommit(base + first * SLICE_SIZE, len * SLICE_SIZE);
+                        excess = excess.saturating_sub(len);
+                    });
+                    (*span).dirty = false;
+                    (*span).span_is_zero = zero_after;
+                }
+            });
+        }
         let mut seg = self.segments;
         while !seg.is_null() {
             // SAFETY: owned segments; an empty one is a single binned span.
             unsafe {
                 let next = (*seg).next;
-                let span: *mut Page = &mut (*seg).slices[HEADER_SLICES];
-                if (*seg).used_slices == 0
-                    && (force || now.saturating_sub((*span).free_since) >= delay)
-                {
-                    self.bins.remove(span);
+                if !due(seg) {
+                    seg = next;
+                    continue;
+                }
+                // The batch is dealt with; what stayed resident is within
+                // the reserve and remains eligible at later checks.
+                (*seg).purge_at = 0;
+                if (*seg).used_slices == 0 {
+                    self.bins.remove(&mut (*seg).slices[HEADER_SLICES]);
                     self.unlink_segment(seg);
                     (*seg).owner.store(0, Ordering::Release);
                     self.global.retire_segment(seg);
@@ -1169,7 +1275,14 @@ impl Heap {
             }
         }
         if !force {
-            self.global.purge_cache(now, false);
+            // Abandoned segments wait longer: in thread churn they are
+            // adopted again soon, with their free memory still useful.
+            let abandoned_delay = global
+                .options
+                .purge_delay()
+                .saturating_mul(PURGE_MAX_DEFER);
+            global.purge_abandoned(now, abandoned_delay, false);
+            global.purge_cache(now, false);
         }
     }
 

@@ -140,8 +140,6 @@ pub struct Page {
     /// Queue or bin links.
     pub next: *mut Page,
     pub prev: *mut Page,
-    /// When the span became free (clock or event count), for decay.
-    pub free_since: u64,
 }
 
 /// The span tag of the first slice of a slab that is in its queue (not
@@ -179,7 +177,6 @@ impl Page {
         thread_free: AtomicUsize::new(0),
         next: ptr::null_mut(),
         prev: ptr::null_mut(),
-        free_since: 0,
     };
 
     /// Prepares the block-offset check for `block_size`.

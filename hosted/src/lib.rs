@@ -18,11 +18,11 @@
 //! |---|---|---|
 //! | `APEX_SHOW_STATS` | 0 | print a summary at exit |
 //! | `APEX_VERBOSE` | 0 | print the configuration at start |
-//! | `APEX_PURGE_DELAY_MS` | 10 | how long free memory stays resident |
+//! | `APEX_PURGE_DELAY_MS` | 100 | how long a quiet segment keeps free memory resident |
 //! | `APEX_DECOMMIT` | `dontneed` | `free` uses `MADV_FREE` instead |
 //! | `APEX_THP` | 0 | `MADV_HUGEPAGE` on segments |
 //! | `APEX_SEGMENT_CACHE` | 8 | empty segments kept for reuse |
-//! | `APEX_HUGE_CACHE_MB` | 64 | resident freed huge blocks kept for reuse |
+//! | `APEX_HUGE_CACHE_MB` | 256 | resident freed huge blocks kept for reuse |
 
 #![no_std]
 

@@ -1,14 +1,22 @@
 //! A page provider over the host's `std::alloc`, for tests of the core.
 
+// Each test crate uses a different part of this module.
+#![allow(dead_code)]
+
 use std::alloc::{alloc_zeroed, Layout};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use apex_core::{Capabilities, Global, Heap, PageProvider};
 
 pub struct TestProvider {
     pub reserved: AtomicUsize,
     pub decommits: AtomicUsize,
+    /// Bytes passed to `decommit`.
+    pub decommitted: AtomicUsize,
+    /// A clock the test moves by hand, when `has_clock`.
+    pub clock_ms: AtomicU64,
+    pub has_clock: bool,
 }
 
 impl TestProvider {
@@ -16,7 +24,15 @@ impl TestProvider {
         TestProvider {
             reserved: AtomicUsize::new(0),
             decommits: AtomicUsize::new(0),
+            decommitted: AtomicUsize::new(0),
+            clock_ms: AtomicU64::new(1000),
+            has_clock: false,
         }
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, ms: u64) {
+        self.clock_ms.fetch_add(ms, Ordering::Relaxed);
     }
 }
 
@@ -25,7 +41,16 @@ impl TestProvider {
 // the allocator under test.
 unsafe impl PageProvider for TestProvider {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::LAZY_COMMIT | Capabilities::ZERO_ON_RESERVE | Capabilities::CAN_DECOMMIT
+        let caps =
+            Capabilities::LAZY_COMMIT | Capabilities::ZERO_ON_RESERVE | Capabilities::CAN_DECOMMIT;
+        if self.has_clock {
+            caps | Capabilities::CLOCK
+        } else {
+            caps
+        }
+    }
+    fn now_ms(&self) -> u64 {
+        self.clock_ms.load(Ordering::Relaxed)
     }
     fn reserve(&self, len: usize, align: usize) -> Option<NonNull<u8>> {
         let layout = Layout::from_size_align(len, align).ok()?;
@@ -47,6 +72,7 @@ unsafe impl PageProvider for TestProvider {
     }
     unsafe fn decommit(&self, ptr: NonNull<u8>, len: usize) {
         self.decommits.fetch_add(1, Ordering::Relaxed);
+        self.decommitted.fetch_add(len, Ordering::Relaxed);
         // Scribble, so code that wrongly relies on decommitted contents fails.
         // SAFETY: the core only decommits free memory inside reservations.
         unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0xAB, len) };
@@ -70,6 +96,15 @@ extern "C" {
 /// A fresh allocator instance with its own provider (leaked for 'static).
 pub fn instance() -> (&'static TestProvider, &'static Global) {
     let p: &'static TestProvider = Box::leak(Box::new(TestProvider::new()));
+    let g: &'static Global = Box::leak(Box::new(Global::new(p)));
+    (p, g)
+}
+
+/// Like [`instance`], with a clock the test moves by hand.
+pub fn instance_with_clock() -> (&'static TestProvider, &'static Global) {
+    let mut provider = TestProvider::new();
+    provider.has_clock = true;
+    let p: &'static TestProvider = Box::leak(Box::new(provider));
     let g: &'static Global = Box::leak(Box::new(Global::new(p)));
     (p, g)
 }

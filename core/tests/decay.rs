@@ -1,0 +1,128 @@
+//! Decay: free memory beyond a heap's resident reserve goes back to the
+//! provider once its segment has been quiet for the purge delay; memory a
+//! heap keeps cycling through stays resident; abandoned segments of exited
+//! threads are purged too.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use apex_core::{snapshot, Heap};
+use common::{instance_with_clock, HeapBox, TestProvider};
+
+const MIB: usize = 1 << 20;
+const DELAY_MS: u64 = 10;
+
+fn decommitted(p: &TestProvider) -> usize {
+    p.decommitted.load(Ordering::Relaxed)
+}
+
+/// Allocates `total` bytes in blocks of `size` and frees them again.
+fn burst(heap: &mut Heap, size: usize, total: usize) {
+    let blocks: Vec<*mut u8> = (0..total / size)
+        .map(|_| {
+            let b = heap.malloc(size);
+            assert!(!b.is_null());
+            // SAFETY: a fresh block of `size` bytes; touch it like a user.
+            unsafe { b.write_bytes(0x77, size) };
+            b
+        })
+        .collect();
+    for b in blocks {
+        // SAFETY: live blocks, freed once.
+        unsafe { heap.free(b) };
+    }
+}
+
+#[test]
+fn a_freed_burst_is_returned_after_the_delay() {
+    let (p, g) = instance_with_clock();
+    g.options.purge_delay.store(DELAY_MS, Ordering::Relaxed);
+    let hb = HeapBox::new(g);
+    let heap = hb.get();
+    // A live block keeps the segment (and so the spans) in the heap.
+    let keep = heap.malloc(100);
+    burst(heap, 96 * 1024, 24 * MIB);
+    heap.decay();
+    assert_eq!(decommitted(p), 0, "purged before the delay passed");
+    p.advance(DELAY_MS);
+    heap.decay();
+    let back = decommitted(p);
+    // Everything beyond the 1 MiB minimum reserve goes back.
+    assert!(back >= 22 * MIB, "only {back} bytes decommitted");
+    assert_eq!(snapshot(g).segments, 1);
+    // SAFETY: live block.
+    unsafe { heap.free(keep) };
+}
+
+#[test]
+fn a_small_fluctuation_stays_resident() {
+    let (p, g) = instance_with_clock();
+    g.options.purge_delay.store(DELAY_MS, Ordering::Relaxed);
+    let hb = HeapBox::new(g);
+    let heap = hb.get();
+    let keep = heap.malloc(100);
+    for _ in 0..5 {
+        burst(heap, 96 * 1024, 768 * 1024);
+        p.advance(DELAY_MS * 2);
+        heap.decay();
+    }
+    assert_eq!(
+        decommitted(p),
+        0,
+        "memory within the reserve was decommitted and would fault in again"
+    );
+    // SAFETY: live block.
+    unsafe { heap.free(keep) };
+}
+
+#[test]
+fn a_segment_in_active_use_is_purged_later_but_not_never() {
+    let (p, g) = instance_with_clock();
+    g.options.purge_delay.store(DELAY_MS, Ordering::Relaxed);
+    let hb = HeapBox::new(g);
+    let heap = hb.get();
+    let keep = heap.malloc(100);
+    burst(heap, 96 * 1024, 24 * MIB);
+    // Frees keep arriving every half delay: the deadline moves out...
+    let mut waited = 0;
+    while decommitted(p) == 0 && waited < 20 * DELAY_MS {
+        p.advance(DELAY_MS / 2);
+        waited += DELAY_MS / 2;
+        burst(heap, 96 * 1024, 96 * 1024);
+        heap.decay();
+    }
+    assert!(waited > DELAY_MS, "purged while the segment was busy");
+    // ...but only up to a bound.
+    assert!(decommitted(p) >= 20 * MIB, "a busy segment hoards forever: {} after {waited} ms", decommitted(p));
+    // SAFETY: live block.
+    unsafe { heap.free(keep) };
+}
+
+#[test]
+fn abandoned_segments_are_purged_without_adoption() {
+    let (p, g) = instance_with_clock();
+    g.options.purge_delay.store(DELAY_MS, Ordering::Relaxed);
+    let exiting = Heap::create(g).expect("heap");
+    // SAFETY: the heap is used only here, by this thread.
+    let live = unsafe {
+        let h = &mut *exiting.as_ptr();
+        let live = h.malloc(100);
+        burst(h, 96 * 1024, 24 * MIB);
+        live
+    };
+    // SAFETY: nothing uses the heap afterwards; `live` stays valid.
+    unsafe { Heap::destroy(exiting) };
+    assert_eq!(snapshot(g).abandoned, 1);
+    let hb = HeapBox::new(g);
+    let other = hb.get();
+    other.decay();
+    assert_eq!(decommitted(p), 0, "purged before the delay passed");
+    p.advance(100 * DELAY_MS);
+    other.decay();
+    assert!(decommitted(p) >= 22 * MIB, "exited thread's memory stays resident");
+    assert_eq!(snapshot(g).abandoned, 1, "the segment was adopted, not purged");
+    // The live block is still there and can be freed by another heap.
+    // SAFETY: live block from the exited heap.
+    unsafe { other.free(live) };
+}
