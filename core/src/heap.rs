@@ -197,19 +197,39 @@ impl Heap {
     /// Allocates `size` bytes aligned to 16. Null when out of memory.
     #[inline(always)]
     pub fn malloc(&mut self, size: usize) -> *mut u8 {
-        if size <= DIRECT_MAX {
-            // SAFETY: `direct_index(size) < DIRECT_SLOTS`; direct entries
-            // are queued pages of this heap or the empty page.
-            unsafe {
-                let page = *self.direct.get_unchecked(direct_index(size));
-                let b = self.pop_block(page);
-                if !b.is_null() {
-                    self.stats.count_class_malloc((*page).class as usize);
-                    return b;
-                }
+        let b = self.try_malloc_small(size);
+        if !b.is_null() {
+            return b;
+        }
+        self.malloc_not_fast(size)
+    }
+
+    /// The allocation fast path alone: a block for a request of at most
+    /// `DIRECT_MAX` bytes from the class's current page, or null when that
+    /// takes more (a larger request, an empty page). Frontends call it
+    /// inline and [`Heap::malloc`] out of line otherwise, so the fast path
+    /// needs no stack frame.
+    #[inline(always)]
+    pub fn try_malloc_small(&mut self, size: usize) -> *mut u8 {
+        if size > DIRECT_MAX {
+            return ptr::null_mut();
+        }
+        // SAFETY: `direct_index(size) < DIRECT_SLOTS`; direct entries are
+        // queued pages of this heap or the empty page.
+        unsafe {
+            let page = *self.direct.get_unchecked(direct_index(size));
+            let b = self.pop_block(page);
+            if !b.is_null() {
+                self.stats.count_class_malloc((*page).class as usize);
             }
-            self.alloc_class_slow(class_of(size))
-        } else if size <= MAX_CLASS_SIZE {
+            b
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn malloc_not_fast(&mut self, size: usize) -> *mut u8 {
+        if size <= MAX_CLASS_SIZE {
             self.alloc_class(class_of(size))
         } else {
             self.alloc_big(size, MIN_ALIGN, false)
@@ -458,6 +478,69 @@ impl Heap {
     /// instance that is not used afterwards.
     #[inline(always)]
     pub unsafe fn free(&mut self, p: *mut u8) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            if !self.try_free_fast(p) {
+                self.free_not_fast(p);
+            }
+        }
+    }
+
+    /// The free fast path alone: frees `p` if it is a block of a queued
+    /// slab of this heap (returns true), else does nothing and returns
+    /// false, leaving the pointer to [`Heap::free`].
+    ///
+    /// # Safety
+    /// As [`Heap::free`].
+    #[inline(always)]
+    pub unsafe fn try_free_fast(&mut self, p: *mut u8) -> bool {
+        let addr = p as usize;
+        let seg_base = segment_base_of(addr);
+        if !segment_map::contains(seg_base) {
+            return false;
+        }
+        // SAFETY: the segment map says a live segment header is there.
+        unsafe {
+            let seg = seg_base as *mut Segment;
+            // The common case, checked cheaply: a block boundary in the
+            // first slice of a queued slab of our own segment (one tag
+            // compare). Everything else takes the fully validating slow path.
+            if (*seg).owner() != self.id() {
+                return false;
+            }
+            // The slice index, wrapped to the segment: the one pointer that
+            // `segment_base_of` maps to this segment from outside it (its
+            // end) lands on the header's descriptor, which is never a slab.
+            let idx = (addr >> SLICE_SHIFT) & (SLICES_PER_SEGMENT - 1);
+            let d: *mut Page = (*seg).slices.as_mut_ptr().add(idx);
+            if (*d).tag() != TAG_QUEUED_SLAB || !(*d).is_block_offset(addr - (*d).start) {
+                return false;
+            }
+            let b = p as *mut Block;
+            let link = page::next_of(b, self.key) as usize;
+            // A free block's link is null or points into its segment; live
+            // blocks have their link cleared at allocation, so seeing one is
+            // rare enough to confirm out of line, by scanning the page.
+            if link == 0 || (link ^ addr) <= SEGMENT_MASK {
+                self.free_suspected_double(d, b);
+                return true;
+            }
+            // Counting first lets the `used` decrement feed the emptiness
+            // test directly.
+            self.stats.count_class_free((*d).class as usize);
+            (*d).push_local(b, self.key);
+            if (*d).used == 0 {
+                self.after_local_free(d);
+            }
+            true
+        }
+    }
+
+    /// Everything `try_free_fast` leaves: null and foreign pointers, other
+    /// heaps' blocks, large and huge blocks, full pages, misuse.
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_not_fast(&mut self, p: *mut u8) {
         let addr = p as usize;
         let seg_base = segment_base_of(addr);
         if !segment_map::contains(seg_base) {
@@ -469,39 +552,8 @@ impl Heap {
             }
             return;
         }
-        // SAFETY: the segment map says a live segment header is there.
-        unsafe {
-            let seg = seg_base as *mut Segment;
-            // The common case, checked cheaply: a block boundary in the
-            // first slice of a queued slab of our own segment (one tag
-            // compare). Everything else takes the fully validating slow path.
-            if (*seg).owner() == self.id() {
-                // `addr - seg_base` is at most SEGMENT_SIZE, so the index is
-                // at most SLICES_PER_SEGMENT: the guard descriptor.
-                let idx = (addr - seg_base) >> SLICE_SHIFT;
-                let d: *mut Page = (*seg).slices.as_mut_ptr().add(idx);
-                if (*d).tag() == TAG_QUEUED_SLAB && (*d).is_block_offset(addr - (*d).start) {
-                    let b = p as *mut Block;
-                    let link = page::next_of(b, self.key) as usize;
-                    // A free block's link is null or points into its
-                    // segment; live blocks have their link cleared at
-                    // allocation, so seeing one is rare enough to confirm out
-                    // of line, by scanning the page.
-                    if link == 0 || (link ^ addr) <= SEGMENT_MASK {
-                        return self.free_suspected_double(d, b);
-                    }
-                    // Counting first lets the `used` decrement feed the
-                    // emptiness test directly.
-                    self.stats.count_class_free((*d).class as usize);
-                    (*d).push_local(b, self.key);
-                    if (*d).used == 0 {
-                        self.after_local_free(d);
-                    }
-                    return;
-                }
-            }
-            self.free_slow(seg, addr);
-        }
+        // SAFETY: a live segment is there.
+        unsafe { self.free_slow(seg_base as *mut Segment, addr) }
     }
 
     /// Frees a block of one of this heap's slabs, after a cheap check for a

@@ -4,7 +4,10 @@
 //!
 //! One entry per segment-sized unit of a 48-bit address space, in a
 //! zero-initialised static, so only the parts that are used ever become
-//! resident. With 32 MiB segments an entry is a byte (8 MiB of address
+//! resident. Addresses are taken modulo 2^48, so x86_64's canonical upper
+//! half (where kernels keep their heaps) has entries too; only
+//! non-canonical garbage aliases, which no caller can hold a real pointer
+//! to. With 32 MiB segments an entry is a byte (8 MiB of address
 //! space, tested with one compare on the free fast path); with the 4 MiB
 //! segments of kernels it is a bit (8 MiB instead of 64 MiB, which a kernel
 //! image's bss must really back).
@@ -16,6 +19,12 @@ use crate::layout::SEGMENT_SHIFT;
 const ADDRESS_BITS: usize = 48;
 const UNITS: usize = 1 << (ADDRESS_BITS - SEGMENT_SHIFT);
 
+/// The map entry of the segment at `base`: its unit number modulo 2^48.
+#[inline(always)]
+fn unit(base: usize) -> usize {
+    (base >> SEGMENT_SHIFT) & (UNITS - 1)
+}
+
 #[cfg(not(feature = "small-segments"))]
 mod imp {
     use super::*;
@@ -24,28 +33,21 @@ mod imp {
     static MAP: [AtomicU8; UNITS] = [const { AtomicU8::new(0) }; UNITS];
 
     #[inline(always)]
-    pub fn slot(base: usize) -> Option<&'static AtomicU8> {
-        MAP.get(base >> SEGMENT_SHIFT)
+    fn slot(base: usize) -> &'static AtomicU8 {
+        &MAP[unit(base)]
     }
 
     pub fn insert(base: usize) {
-        if let Some(e) = slot(base) {
-            e.store(1, Ordering::Release);
-        }
+        slot(base).store(1, Ordering::Release);
     }
 
     pub fn remove(base: usize) {
-        if let Some(e) = slot(base) {
-            e.store(0, Ordering::Release);
-        }
+        slot(base).store(0, Ordering::Release);
     }
 
     #[inline(always)]
     pub fn contains(base: usize) -> bool {
-        match slot(base) {
-            Some(e) => e.load(Ordering::Relaxed) != 0,
-            None => false,
-        }
+        slot(base).load(Ordering::Relaxed) != 0
     }
 }
 
@@ -57,34 +59,32 @@ mod imp {
     static MAP: [AtomicU64; UNITS / 64] = [const { AtomicU64::new(0) }; UNITS / 64];
 
     #[inline(always)]
-    fn slot(base: usize) -> Option<(&'static AtomicU64, u64)> {
-        let unit = base >> SEGMENT_SHIFT;
-        MAP.get(unit / 64).map(|w| (w, 1u64 << (unit % 64)))
+    fn slot(base: usize) -> (&'static AtomicU64, u64) {
+        let unit = unit(base);
+        (&MAP[unit / 64], 1u64 << (unit % 64))
     }
 
     pub fn insert(base: usize) {
-        if let Some((w, bit)) = slot(base) {
-            w.fetch_or(bit, Ordering::Release);
-        }
+        let (w, bit) = slot(base);
+        w.fetch_or(bit, Ordering::Release);
     }
 
     pub fn remove(base: usize) {
-        if let Some((w, bit)) = slot(base) {
-            w.fetch_and(!bit, Ordering::Release);
-        }
+        let (w, bit) = slot(base);
+        w.fetch_and(!bit, Ordering::Release);
     }
 
     #[inline(always)]
     pub fn contains(base: usize) -> bool {
-        match slot(base) {
-            Some((w, bit)) => w.load(Ordering::Relaxed) & bit != 0,
-            None => false,
-        }
+        let (w, bit) = slot(base);
+        w.load(Ordering::Relaxed) & bit != 0
     }
 }
 
-/// Records that the segment at `base` belongs to the allocator.
+/// Records that the segment at `base` belongs to the allocator. The topmost
+/// unit (where `segment_base_of(null)` points) must never be a segment.
 pub fn insert(base: usize) {
+    debug_assert_ne!(unit(base), unit(crate::layout::segment_base_of(0)));
     imp::insert(base)
 }
 
@@ -115,8 +115,16 @@ mod tests {
         assert!(!contains(base - SEGMENT_SIZE));
         remove(base);
         assert!(!contains(base));
-        // Beyond 48 bits: never ours, never an out-of-bounds read.
-        assert!(!contains(1usize << 50));
-        assert!(!contains(usize::MAX & !(SEGMENT_SIZE - 1)));
+        // The canonical upper half has entries of its own.
+        let high = 0xffff_c000_0000_0000usize;
+        assert!(!contains(high));
+        insert(high);
+        assert!(contains(high));
+        assert!(!contains(high - SEGMENT_SIZE));
+        remove(high);
+        assert!(!contains(high));
+        // Null (whose segment base is the top of the address space) is not
+        // in the map.
+        assert!(!contains(crate::layout::segment_base_of(0)));
     }
 }

@@ -297,10 +297,61 @@ extern "C" fn fork_child() {
 // The API
 // ---------------------------------------------------------------------------
 
+/// The calling thread's heap, if it has a live one (one TLS load).
+#[inline(always)]
+fn own_heap() -> Option<&'static mut Heap> {
+    let h = tls::get();
+    if h >= tls::FIRST_HEAP {
+        // SAFETY: the slot holds this thread's live heap, used only by this
+        // thread, and only for the duration of one call.
+        Some(unsafe { &mut *(h as *mut Heap) })
+    } else {
+        None
+    }
+}
+
 /// Allocates `size` bytes (16-byte aligned); null when out of memory.
+///
+/// The fast path is inline and frameless: anything beyond popping a block
+/// of the current page is a tail call.
 #[inline(always)]
 pub fn malloc(size: usize) -> *mut u8 {
+    if let Some(h) = own_heap() {
+        let p = h.try_malloc_small(size);
+        if !p.is_null() {
+            return p;
+        }
+    }
+    malloc_slow(size)
+}
+
+#[cold]
+#[inline(never)]
+fn malloc_slow(size: usize) -> *mut u8 {
     with_heap(|h| h.malloc(size), || bootstrap::alloc(size, MIN_ALIGN))
+}
+
+/// Like [`malloc`], setting `errno` to `ENOMEM` on failure (the C ABI).
+#[inline(always)]
+pub fn malloc_c(size: usize) -> *mut u8 {
+    if let Some(h) = own_heap() {
+        let p = h.try_malloc_small(size);
+        if !p.is_null() {
+            return p;
+        }
+    }
+    malloc_slow_c(size)
+}
+
+#[cold]
+#[inline(never)]
+fn malloc_slow_c(size: usize) -> *mut u8 {
+    let p = malloc_slow(size);
+    if p.is_null() {
+        // SAFETY: the calling thread's errno location is always valid.
+        unsafe { *libc::__errno_location() = libc::ENOMEM };
+    }
+    p
 }
 
 /// Allocates `size` zeroed bytes.
@@ -335,6 +386,21 @@ pub fn zalloc_aligned(size: usize, align: usize) -> *mut u8 {
 /// afterwards.
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
+    if let Some(h) = own_heap() {
+        // SAFETY: forwarded from the caller.
+        if unsafe { h.try_free_fast(p) } {
+            return;
+        }
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { free_slow(p) }
+}
+
+/// # Safety
+/// As [`free`].
+#[cold]
+#[inline(never)]
+unsafe fn free_slow(p: *mut u8) {
     // Bootstrap-arena blocks are not in any segment, so the core treats
     // them as foreign and ignores them, as it should.
     // SAFETY: forwarded from the caller. A block freed while this thread

@@ -39,7 +39,7 @@ fn or_enomem(p: *mut u8) -> *mut c_void {
 /// As C `malloc`.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    or_enomem(apex::malloc(size))
+    apex::malloc_c(size) as *mut c_void
 }
 
 /// # Safety
