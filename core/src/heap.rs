@@ -365,7 +365,7 @@ impl Heap {
             let mut page = self.queues[c].first;
             while !page.is_null() {
                 let next = (*page).next;
-                (*page).collect(key);
+                (*page).collect();
                 if (*page).free.is_null() {
                     (*page).extend(key, EXTEND_BYTES);
                 }
@@ -1010,7 +1010,7 @@ impl Heap {
                 if matches!((*page).kind, SpanKind::Slab | SpanKind::Large) {
                     (*page).next = ptr::null_mut();
                     (*page).prev = ptr::null_mut();
-                    let mut b = (*page).take_thread_free();
+                    let (mut b, _) = (*page).take_thread_free();
                     while !b.is_null() {
                         let next = page::next_of(b, self.key);
                         if (*page).kind == SpanKind::Slab {
@@ -1121,7 +1121,7 @@ impl Heap {
                         // A remote free racing in leaves the block on the
                         // list; notify refuses then, and we free it here.
                         while !(*page).set_notify(Notify::Notify) {
-                            if !(*page).take_thread_free().is_null() {
+                            if !(*page).take_thread_free().0.is_null() {
                                 (*page).used = 0;
                                 (*page).kind = SpanKind::Free;
                                 (*page).dirty = true;
@@ -1223,7 +1223,7 @@ impl Heap {
                 // SAFETY: queued pages are our own slabs.
                 unsafe {
                     let next = (*page).next;
-                    (*page).collect(self.key);
+                    (*page).collect();
                     if (*page).used == 0 {
                         self.queue_remove(c, page);
                         self.retire_page(page);

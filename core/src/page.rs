@@ -4,7 +4,8 @@
 //! - `free`: blocks ready for allocation; popped on the fast path.
 //! - `local_free`: blocks freed by the owning thread; no atomics.
 //! - `thread_free`: blocks freed by other threads, pushed with a CAS. Its low
-//!   two bits hold a [`Notify`] state used for full pages (see below).
+//!   two bits hold a [`Notify`] state used for full pages (see below), its
+//!   top 16 bits the number of blocks on the list.
 //!
 //! The owner moves `local_free` and `thread_free` into `free` only when
 //! `free` runs dry, so the fast path never touches an atomic.
@@ -52,6 +53,31 @@ pub enum Notify {
 }
 
 const STATE_MASK: usize = 3;
+/// Bits 48 and up of `thread_free` count the blocks on the list, so the
+/// owner takes the list without walking it (each block there sits in the
+/// freeing thread's cache: a walk would be one cache miss after another).
+/// A slab never holds more than 4096 blocks, well inside 16 bits.
+const COUNT_SHIFT: u32 = 48;
+const COUNT_ONE: usize = 1 << COUNT_SHIFT;
+
+/// The list head stored in a `thread_free` word: bits 2..48, sign-extended
+/// from bit 47 so upper-half (kernel) addresses survive.
+#[inline(always)]
+fn tf_head(word: usize) -> *mut Block {
+    ((((word << 16) as isize) >> 16) as usize & !STATE_MASK) as *mut Block
+}
+
+/// The number of blocks on the list of a `thread_free` word.
+#[inline(always)]
+fn tf_count(word: usize) -> u32 {
+    (word >> COUNT_SHIFT) as u32
+}
+
+/// A `thread_free` word from a head, a count and a state.
+#[inline(always)]
+fn tf_pack(head: *mut Block, count: u32, state: usize) -> usize {
+    (head as usize & (COUNT_ONE - 1)) | ((count as usize) << COUNT_SHIFT) | state
+}
 
 /// A free block; its first word is the encoded link to the next one.
 #[repr(C)]
@@ -254,10 +280,10 @@ impl Page {
             let new = if state == Notify::Notify as usize {
                 (cur & !STATE_MASK) | Notify::Notifying as usize
             } else {
-                let head = (cur & !STATE_MASK) as *mut Block;
+                let head = tf_head(cur);
                 // SAFETY: `b` is ours until the CAS publishes it.
                 unsafe { set_next(b, head, key) };
-                b as usize | state
+                tf_pack(b, tf_count(cur) + 1, state)
             };
             match self.thread_free.compare_exchange_weak(
                 cur,
@@ -316,12 +342,12 @@ impl Page {
     }
 
     /// Takes every remotely freed block, keeping the state bits. Returns the
-    /// list head.
-    pub fn take_thread_free(&self) -> *mut Block {
+    /// list head and the number of blocks on it.
+    pub fn take_thread_free(&self) -> (*mut Block, u32) {
         let mut cur = self.thread_free.load(Ordering::Relaxed);
         loop {
             if cur & !STATE_MASK == 0 {
-                return ptr::null_mut();
+                return (ptr::null_mut(), 0);
             }
             match self.thread_free.compare_exchange_weak(
                 cur,
@@ -329,7 +355,7 @@ impl Page {
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return (cur & !STATE_MASK) as *mut Block,
+                Ok(_) => return (tf_head(cur), tf_count(cur)),
                 Err(actual) => cur = actual,
             }
         }
@@ -338,36 +364,22 @@ impl Page {
     /// Head of the remote list without taking it (for checks by the owner,
     /// who is the only one that ever removes blocks from it).
     pub fn peek_thread_free(&self) -> *mut Block {
-        (self.thread_free.load(Ordering::Acquire) & !STATE_MASK) as *mut Block
+        tf_head(self.thread_free.load(Ordering::Acquire))
     }
 
-    /// Moves `local_free` and `thread_free` into `free` if `free` is empty.
+    /// Refills an empty `free` list: with the remotely freed blocks if there
+    /// are any (taken whole, counted by the word itself), else with
+    /// `local_free`. A remote list leaves `local_free` for the next refill.
     ///
     /// # Safety
     /// Only the owning heap may call this.
-    pub unsafe fn collect(&mut self, key: usize) {
+    pub unsafe fn collect(&mut self) {
         if !self.free.is_null() {
             return;
         }
-        let tf = self.take_thread_free();
+        let (tf, n) = self.take_thread_free();
         if !tf.is_null() {
-            // Count the remote blocks and splice local_free behind them.
-            let mut n = 1u32;
-            let mut tail = tf;
-            loop {
-                // SAFETY: blocks on the remote list belong to this page and
-                // were fully written before their CAS published them.
-                let next = unsafe { next_of(tail, key) };
-                if next.is_null() {
-                    break;
-                }
-                tail = next;
-                n += 1;
-            }
             self.used -= n;
-            // SAFETY: `tail` is the last remote block, now ours.
-            unsafe { set_next(tail, self.local_free, key) };
-            self.local_free = ptr::null_mut();
             self.free = tf;
         } else if !self.local_free.is_null() {
             self.free = self.local_free;
@@ -457,6 +469,36 @@ mod tests {
                 assert_eq!(p.is_block_offset(off), off % bs == 0, "bs {bs} off {off}");
             }
         }
+    }
+
+    #[test]
+    fn remote_frees_are_counted_in_the_word() {
+        let mut blocks = [[0usize; 2]; 5];
+        let page = Page::EMPTY;
+        let key = 0x1234_5678_9abc_def1;
+        for b in blocks.iter_mut() {
+            // SAFETY: each block is a distinct writable pair of words.
+            let notify = unsafe { page.push_thread_free(b.as_mut_ptr() as *mut Block, key) };
+            assert!(!notify);
+        }
+        let last = blocks[4].as_mut_ptr() as *mut Block;
+        assert_eq!(page.peek_thread_free(), last);
+        let (head, n) = page.take_thread_free();
+        assert_eq!((head, n), (last, 5));
+        assert_eq!(page.take_thread_free(), (ptr::null_mut(), 0));
+        // The links still chain all five, newest first.
+        let mut cur = head;
+        let mut seen = 0;
+        while !cur.is_null() {
+            seen += 1;
+            // SAFETY: blocks of this test, linked above.
+            cur = unsafe { next_of(cur, key) };
+        }
+        assert_eq!(seen, 5);
+        // Upper-half addresses keep their sign through the packing.
+        let high = 0xffff_8000_1234_5670usize as *mut Block;
+        assert_eq!(tf_head(tf_pack(high, 7, 2)), high);
+        assert_eq!(tf_count(tf_pack(high, 7, 2)), 7);
     }
 
     #[test]
