@@ -197,27 +197,36 @@ impl Heap {
     /// Allocates `size` bytes aligned to 16. Null when out of memory.
     #[inline(always)]
     pub fn malloc(&mut self, size: usize) -> *mut u8 {
-        let b = self.try_malloc_small(size);
+        let b = self.try_malloc_fast(size);
         if !b.is_null() {
             return b;
         }
         self.malloc_not_fast(size)
     }
 
-    /// The allocation fast path alone: a block for a request of at most
-    /// `DIRECT_MAX` bytes from the class's current page, or null when that
-    /// takes more (a larger request, an empty page). Frontends call it
-    /// inline and [`Heap::malloc`] out of line otherwise, so the fast path
-    /// needs no stack frame.
+    /// The allocation fast path alone: a block of the request's size class
+    /// from the class's current page, or null when that takes more (an
+    /// empty page, a large request). Frontends call it inline and
+    /// [`Heap::malloc`] out of line otherwise, so the fast path needs no
+    /// stack frame. Requests up to `DIRECT_MAX` bytes find their page with
+    /// one load; larger ones compute their class first.
     #[inline(always)]
-    pub fn try_malloc_small(&mut self, size: usize) -> *mut u8 {
-        if size > DIRECT_MAX {
-            return ptr::null_mut();
-        }
+    pub fn try_malloc_fast(&mut self, size: usize) -> *mut u8 {
         // SAFETY: `direct_index(size) < DIRECT_SLOTS`; direct entries are
-        // queued pages of this heap or the empty page.
+        // queued pages of this heap or the empty page; queued pages belong
+        // to this heap.
         unsafe {
-            let page = *self.direct.get_unchecked(direct_index(size));
+            let page = if size <= DIRECT_MAX {
+                *self.direct.get_unchecked(direct_index(size))
+            } else if size <= MAX_CLASS_SIZE {
+                let page = self.queues.get_unchecked(class_of(size)).first;
+                if page.is_null() {
+                    return page as *mut u8;
+                }
+                page
+            } else {
+                return ptr::null_mut();
+            };
             let b = self.pop_block(page);
             if !b.is_null() {
                 self.stats.count_class_malloc((*page).class as usize);

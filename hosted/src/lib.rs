@@ -317,7 +317,7 @@ fn own_heap() -> Option<&'static mut Heap> {
 #[inline(always)]
 pub fn malloc(size: usize) -> *mut u8 {
     if let Some(h) = own_heap() {
-        let p = h.try_malloc_small(size);
+        let p = h.try_malloc_fast(size);
         if !p.is_null() {
             return p;
         }
@@ -335,7 +335,7 @@ fn malloc_slow(size: usize) -> *mut u8 {
 #[inline(always)]
 pub fn malloc_c(size: usize) -> *mut u8 {
     if let Some(h) = own_heap() {
-        let p = h.try_malloc_small(size);
+        let p = h.try_malloc_fast(size);
         if !p.is_null() {
             return p;
         }
