@@ -11,7 +11,11 @@
  * The pointer table is mmap'ed directly so it does not count against the
  * allocator.
  *
- * Usage: rss_burst [TOTAL_MIB [MAX_PERCENT]]
+ * With a third argument "notrim", malloc_trim is never called: the
+ * program keeps doing ordinary allocation work for up to 3 s and the
+ * allocator must return the memory on its own (decay).
+ *
+ * Usage: rss_burst [TOTAL_MIB [MAX_PERCENT [notrim]]]
  */
 #include "common.h"
 
@@ -22,6 +26,7 @@ int main(int argc, char **argv) {
     size_t total_mib = 512, max_percent = 50;
     if (argc > 1) total_mib = strtoull(argv[1], NULL, 10);
     if (argc > 2) max_percent = strtoull(argv[2], NULL, 10);
+    int trim = !(argc > 3 && strcmp(argv[3], "notrim") == 0);
     const size_t half = total_mib * MIB / 2;
 
     size_t max_objects = half / 16 + half / 1024 + 2;
@@ -59,19 +64,26 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < count; i += 2) free(table[i]);
     for (size_t i = 1; i < count; i += 2) free(table[i]);
     munmap(table, table_bytes);
-    malloc_trim(0);
+    if (trim) malloc_trim(0);
 
     size_t limit = peak / 100 * max_percent;
     size_t now = resident_bytes();
-    for (int tries = 0; now >= limit && tries < 20; tries++) {
+    void *work[4096];
+    for (int tries = 0; now >= limit && tries < 30; tries++) {
         usleep(100000);
-        void *p = malloc(100);
-        free(p);
-        malloc_trim(0);
+        if (trim) {
+            void *p = malloc(100);
+            free(p);
+            malloc_trim(0);
+        } else {
+            /* Ordinary work: a few thousand objects of mixed sizes. */
+            for (int i = 0; i < 4096; i++) work[i] = malloc(16 + (size_t)rng_next(&rng) % 8192);
+            for (int i = 0; i < 4096; i++) free(work[i]);
+        }
         now = resident_bytes();
     }
-    printf("resident after freeing everything and malloc_trim(0): %zu MiB (limit %zu MiB)\n",
-           now / MIB, limit / MIB);
+    printf("resident after freeing everything%s: %zu MiB (limit %zu MiB)\n",
+           trim ? " and malloc_trim(0)" : " and waiting", now / MIB, limit / MIB);
     CHECKF(now < limit, "resident stayed at %zu MiB of a %zu MiB peak", now / MIB, peak / MIB);
     printf("rss_burst: ok\n");
     return 0;
