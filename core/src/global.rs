@@ -459,12 +459,13 @@ impl Global {
         Some((p as *mut u8, zero))
     }
 
-    /// Frees the block of a huge segment.
+    /// Frees the block of a huge segment. Its range goes to the cache,
+    /// resident (within budget) when `keep_resident`, else decommitted.
     ///
     /// # Safety
     /// `seg` must be a live huge segment whose block is being freed by its
     /// last user.
-    pub unsafe fn free_huge(&self, seg: *mut Segment) {
+    pub unsafe fn free_huge(&self, seg: *mut Segment, keep_resident: bool) {
         // SAFETY: the caller hands over the live huge segment.
         let (seg_base, base, len) =
             unsafe { ((*seg).base(), (*seg).reservation, (*seg).reservation_len) };
@@ -472,7 +473,12 @@ impl Global {
         self.stats.huge_live.fetch_sub(1, Ordering::Relaxed);
         self.stats.sub_active(len);
         if seg_base == base {
-            self.cache_put(base, len, true);
+            if !keep_resident {
+                let header = HEADER_SLICES * SLICE_SIZE;
+                // SAFETY: nothing in the block is live any more.
+                unsafe { self.decommit(base + header, len - header) };
+            }
+            self.cache_put(base, len, keep_resident);
         } else {
             // SAFETY: the whole reservation is unused now.
             unsafe { self.release(base, len) };

@@ -172,9 +172,14 @@ impl Heap {
         unsafe {
             (*h).abandon_all();
             let g = (*h).global;
-            g.retire_stats(&(*h).stats);
             g.stats.heaps_live.fetch_sub(1, Ordering::Relaxed);
+            // Under the registry lock, which `snapshot` holds while it
+            // sums: the counters move to the retired totals and the struct,
+            // still on the list of all heaps, counts zero from now on, so
+            // nothing is counted twice.
             let mut reg = g.heaps.lock();
+            g.retire_stats(&(*h).stats);
+            (*h).stats.reset();
             (*h).free_next = reg.free as *mut Heap;
             reg.free = h as usize;
         }
@@ -640,7 +645,7 @@ impl Heap {
                 bump(&self.stats.free_bytes, usable as u64);
             }
             if (*seg).is_huge {
-                self.global.free_huge(seg);
+                self.global.free_huge(seg, true);
                 return;
             }
             if (*seg).owner() == self.id() {
@@ -792,12 +797,31 @@ impl Heap {
             if new_size <= usable && new_size >= usable / 2 {
                 return p;
             }
-            let q = self.malloc(new_size);
+            // A big block that must move to grow gets headroom, so a block
+            // grown step by step (a string, a vector) is copied O(log n)
+            // times rather than at every step. Untouched headroom costs
+            // address space only.
+            let headroom = new_size > usable && new_size > MAX_CLASS_SIZE;
+            let mut q = ptr::null_mut();
+            if headroom {
+                q = self.malloc(new_size.max(usable.saturating_add(usable / 2)));
+            }
+            if q.is_null() {
+                q = self.malloc(new_size);
+            }
             if q.is_null() {
                 return q;
             }
             ptr::copy_nonoverlapping(p, q, usable.min(new_size));
-            self.free(p);
+            if (*seg).is_huge {
+                // The old block of a growing huge block is not wanted again
+                // soon: keep its address range for reuse, not its pages.
+                bump(&self.stats.frees, 1);
+                bump(&self.stats.free_bytes, usable as u64);
+                self.global.free_huge(seg, false);
+            } else {
+                self.free(p);
+            }
             q
         }
     }
@@ -1492,8 +1516,8 @@ pub fn owns(p: *const u8) -> bool {
 
 /// Sums every heap's counters with the global ones.
 pub fn snapshot(global: &Global) -> Snapshot {
-    let mut s = global.retired_snapshot();
     let reg = global.heaps.lock();
+    let mut s = global.retired_snapshot();
     let mut h = reg.all as *const Heap;
     while !h.is_null() {
         // SAFETY: registered heaps are never unmapped; counters are atomics.

@@ -78,6 +78,21 @@ impl HeapStats {
         (m, f, bytes)
     }
 
+    /// Sets every counter to zero.
+    pub fn reset(&self) {
+        let zero = |c: &AtomicU64| c.store(0, Ordering::Relaxed);
+        for c in 0..NUM_CLASSES {
+            zero(&self.class_mallocs[c]);
+            zero(&self.class_frees[c]);
+        }
+        zero(&self.mallocs);
+        zero(&self.frees);
+        zero(&self.malloc_bytes);
+        zero(&self.free_bytes);
+        zero(&self.remote_frees);
+        zero(&self.slow_paths);
+    }
+
     /// Adds every counter of `other` into `self` (atomically).
     pub fn absorb(&self, other: &HeapStats) {
         let add = |to: &AtomicU64, from: &AtomicU64| {

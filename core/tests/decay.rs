@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
-use apex_core::{snapshot, Heap};
+use apex_core::{snapshot, Global, Heap};
 use common::{instance_with_clock, HeapBox, TestProvider};
 
 const MIB: usize = 1 << 20;
@@ -34,11 +34,17 @@ fn burst(heap: &mut Heap, size: usize, total: usize) {
     }
 }
 
-#[test]
-fn a_freed_burst_is_returned_after_the_delay() {
+/// An instance with a hand-moved clock and the test's purge delay, and a
+/// heap of it.
+fn setup() -> (&'static TestProvider, &'static Global, HeapBox) {
     let (p, g) = instance_with_clock();
     g.options.purge_delay.store(DELAY_MS, Ordering::Relaxed);
-    let hb = HeapBox::new(g);
+    (p, g, HeapBox::new(g))
+}
+
+#[test]
+fn a_freed_burst_is_returned_after_the_delay() {
+    let (p, g, hb) = setup();
     let heap = hb.get();
     // A live block keeps the segment (and so the spans) in the heap.
     let keep = heap.malloc(100);
@@ -57,9 +63,7 @@ fn a_freed_burst_is_returned_after_the_delay() {
 
 #[test]
 fn a_small_fluctuation_stays_resident() {
-    let (p, g) = instance_with_clock();
-    g.options.purge_delay.store(DELAY_MS, Ordering::Relaxed);
-    let hb = HeapBox::new(g);
+    let (p, _g, hb) = setup();
     let heap = hb.get();
     let keep = heap.malloc(100);
     for _ in 0..5 {
@@ -78,9 +82,7 @@ fn a_small_fluctuation_stays_resident() {
 
 #[test]
 fn a_segment_in_active_use_is_purged_later_but_not_never() {
-    let (p, g) = instance_with_clock();
-    g.options.purge_delay.store(DELAY_MS, Ordering::Relaxed);
-    let hb = HeapBox::new(g);
+    let (p, _g, hb) = setup();
     let heap = hb.get();
     let keep = heap.malloc(100);
     burst(heap, 96 * 1024, 24 * MIB);

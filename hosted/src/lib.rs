@@ -316,13 +316,20 @@ fn own_heap() -> Option<&'static mut Heap> {
 /// of the current page is a tail call.
 #[inline(always)]
 pub fn malloc(size: usize) -> *mut u8 {
-    if let Some(h) = own_heap() {
-        let p = h.try_malloc_fast(size);
-        if !p.is_null() {
-            return p;
-        }
+    let p = try_malloc_fast(size);
+    if !p.is_null() {
+        return p;
     }
     malloc_slow(size)
+}
+
+/// A block from the calling thread's heap's fast path, or null.
+#[inline(always)]
+fn try_malloc_fast(size: usize) -> *mut u8 {
+    match own_heap() {
+        Some(h) => h.try_malloc_fast(size),
+        None => ptr::null_mut(),
+    }
 }
 
 #[cold]
@@ -334,11 +341,9 @@ fn malloc_slow(size: usize) -> *mut u8 {
 /// Like [`malloc`], setting `errno` to `ENOMEM` on failure (the C ABI).
 #[inline(always)]
 pub fn malloc_c(size: usize) -> *mut u8 {
-    if let Some(h) = own_heap() {
-        let p = h.try_malloc_fast(size);
-        if !p.is_null() {
-            return p;
-        }
+    let p = try_malloc_fast(size);
+    if !p.is_null() {
+        return p;
     }
     malloc_slow_c(size)
 }

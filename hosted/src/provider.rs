@@ -1,8 +1,11 @@
 //! The Linux page provider: `mmap`/`munmap`/`madvise`, nothing else.
 //!
-//! Reservations are anonymous `MAP_NORESERVE` mappings, so memory is
-//! committed lazily by the kernel on first touch. Alignment comes from
-//! mapping `len + align` and unmapping the excess on both sides.
+//! Reservations are anonymous private mappings, backed lazily by the kernel
+//! on first touch. They are not `MAP_NORESERVE`: like glibc's, a request
+//! the kernel's overcommit policy deems impossible (larger than memory and
+//! swap, in the default heuristic mode) fails with `ENOMEM` at `malloc`
+//! instead of succeeding and meeting the OOM killer later. Alignment comes
+//! from mapping `len + align` and unmapping the excess on both sides.
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +27,7 @@ fn map(len: usize) -> Option<usize> {
             core::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
             0,
         )

@@ -10,6 +10,7 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <stddef.h>
+#include <sys/sysinfo.h>
 
 #define EXIT_ABSENT 3
 
@@ -119,6 +120,23 @@ static void test_malloc_huge(void) {
     expect_enomem_malloc(SIZE_MAX - 7);  /* overflows when rounded up */
     expect_enomem_malloc(SIZE_MAX - 4095);
     expect_enomem_malloc((size_t)PTRDIFF_MAX + 1);
+    /* Under the kernel's default (heuristic) overcommit policy, a request
+     * larger than memory and swap together fails at once, as with glibc,
+     * instead of succeeding and meeting the OOM killer later. */
+    FILE *f = fopen("/proc/sys/vm/overcommit_memory", "r");
+    int policy = -1;
+    if (f) {
+        if (fscanf(f, "%d", &policy) != 1) policy = -1;
+        fclose(f);
+    }
+    struct sysinfo si;
+    if (policy == 0 && sysinfo(&si) == 0) {
+        size_t everything = ((size_t)si.totalram + (size_t)si.totalswap) * si.mem_unit;
+        expect_enomem_malloc(everything * 2);
+        errno = 0;
+        CHECKF(calloc(opaque(everything), 2) == NULL && errno == ENOMEM,
+               "calloc of twice memory and swap did not fail with ENOMEM");
+    }
     /* The allocator still works afterwards. */
     void *p = malloc(opaque(100));
     CHECK(p != NULL);
