@@ -29,6 +29,11 @@ void free_aligned_sized(void *ptr, size_t alignment, size_t size);
 /* Prints a one-line statistics summary to stderr. */
 void apex_stats_print(void);
 
+/* Also replaced, as declared in glibc's <malloc.h>: mallinfo2 and mallinfo
+ * (arena = memory in spans, uordblks = bytes allocated, fordblks = the rest
+ * of the spans, hblks = huge blocks, usmblks = peak of arena) and
+ * malloc_stats (prints the summary line). */
+
 #ifdef __cplusplus
 }
 #endif

@@ -687,13 +687,35 @@ static void test_symbols(void) {
                                        "memalign",       "valloc",   "pvalloc",
                                        "malloc_usable_size"};
     static const char *const extended[] = {"reallocarray", "malloc_trim", "free_sized",
-                                           "free_aligned_sized"};
+                                           "free_aligned_sized", "mallinfo2", "malloc_stats"};
     int ok = 1;
     for (size_t i = 0; i < sizeof core / sizeof core[0]; i++)
         ok &= check_symbol_origin(core[i], expect, 1);
     for (size_t i = 0; i < sizeof extended / sizeof extended[0]; i++)
         ok &= check_symbol_origin(extended[i], expect, full_api);
     CHECKF(ok, "some allocation functions do not come from an object matching \"%s\"", expect);
+}
+
+/* mallinfo2: bytes in use rise by what is allocated and fall back when it
+ * is freed (small blocks, so glibc counts them in uordblks too). */
+static void test_mallinfo2(void) {
+    enum { N = 1000, SIZE = 1000 };
+    static void *blocks[N];
+    size_t before = mallinfo2().uordblks;
+    for (int i = 0; i < N; i++) {
+        blocks[i] = malloc(opaque(SIZE));
+        CHECK(blocks[i] != NULL);
+        memset(blocks[i], 1, SIZE);
+    }
+    size_t during = mallinfo2().uordblks;
+    CHECKF(during >= before + (size_t)N * SIZE, "uordblks %zu -> %zu after %d KB", before, during,
+           N * SIZE / 1000);
+    struct mallinfo2 m = mallinfo2();
+    CHECKF(m.arena >= m.uordblks, "arena %zu below uordblks %zu", m.arena, m.uordblks);
+    for (int i = 0; i < N; i++) free(blocks[i]);
+    size_t after = mallinfo2().uordblks;
+    CHECKF(after + (size_t)N * SIZE / 2 <= during, "uordblks %zu did not fall from %zu", after,
+           during);
 }
 
 static const struct {
@@ -720,6 +742,7 @@ static const struct {
     {"malloc_trim", test_malloc_trim},
     {"free_errno", test_free_errno},
     {"symbols", test_symbols},
+    {"mallinfo2", test_mallinfo2},
 };
 
 int main(int argc, char **argv) {

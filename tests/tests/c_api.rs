@@ -149,6 +149,11 @@ fn malloc_trim() {
 }
 
 #[test]
+fn mallinfo2_reports_bytes_in_use() {
+    subtest("mallinfo2");
+}
+
+#[test]
 fn free_preserves_errno() {
     subtest("free_errno");
 }

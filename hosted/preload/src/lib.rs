@@ -184,6 +184,79 @@ pub unsafe extern "C" fn apex_stats_print() {
     apex::print_stats();
 }
 
+/// glibc's `struct mallinfo2`.
+#[repr(C)]
+pub struct Mallinfo2 {
+    arena: usize,
+    ordblks: usize,
+    smblks: usize,
+    hblks: usize,
+    hblkhd: usize,
+    usmblks: usize,
+    fsmblks: usize,
+    uordblks: usize,
+    fordblks: usize,
+    keepcost: usize,
+}
+
+/// glibc's `struct mallinfo` (the same fields as `int`).
+#[repr(C)]
+pub struct Mallinfo {
+    fields: [c_int; 10],
+}
+
+/// This allocator's figures in glibc's terms: `arena` is the memory in
+/// spans (slabs and large blocks), `hblks` the number of huge blocks,
+/// `uordblks` the bytes allocated, `fordblks` the rest of the spans, and
+/// `usmblks` the peak of `arena`.
+fn mallinfo_now() -> Mallinfo2 {
+    let s = apex::stats();
+    let allocated = s.allocated as usize;
+    Mallinfo2 {
+        arena: s.active,
+        ordblks: 0,
+        smblks: 0,
+        hblks: s.huge_live,
+        hblkhd: 0,
+        usmblks: s.active_peak,
+        fsmblks: 0,
+        uordblks: allocated,
+        fordblks: s.active.saturating_sub(allocated),
+        keepcost: 0,
+    }
+}
+
+/// # Safety
+/// Always safe; unsafe only for the C ABI.
+#[no_mangle]
+pub unsafe extern "C" fn mallinfo2() -> Mallinfo2 {
+    mallinfo_now()
+}
+
+/// # Safety
+/// Always safe; unsafe only for the C ABI.
+#[no_mangle]
+pub unsafe extern "C" fn mallinfo() -> Mallinfo {
+    let m = mallinfo_now();
+    let f = [
+        m.arena, m.ordblks, m.smblks, m.hblks, m.hblkhd, m.usmblks, m.fsmblks, m.uordblks,
+        m.fordblks, m.keepcost,
+    ];
+    // glibc's `int` fields wrap the same way.
+    Mallinfo {
+        fields: f.map(|v| v as c_int),
+    }
+}
+
+/// glibc's `malloc_stats`: this allocator's summary line on stderr.
+///
+/// # Safety
+/// Always safe; unsafe only for the C ABI.
+#[no_mangle]
+pub unsafe extern "C" fn malloc_stats() {
+    apex::print_stats();
+}
+
 // ---------------------------------------------------------------------------
 // C++ operator new / delete (Itanium ABI names)
 // ---------------------------------------------------------------------------
