@@ -40,9 +40,6 @@ const EXTEND_BYTES: usize = 16 * 1024;
 /// The least free memory a heap keeps resident for reuse (see
 /// `Heap::purge`).
 const PURGE_RESERVE_MIN: usize = 1 << 20;
-/// An empty slab that is its class's only page is kept for reuse only if
-/// it holds more blocks than this.
-const LONE_PAGE_MIN_BLOCKS: u32 = 8;
 /// Check for decay every this many slow paths.
 const PURGE_CHECK_INTERVAL: u64 = 64;
 /// A segment's pending decommit is deferred by at most this many purge
@@ -693,11 +690,12 @@ impl Heap {
             }
             if (*page).used == 0 {
                 // Keep a lone page to avoid thrashing on alloc/free cycles,
-                // unless it holds only a few big blocks: re-carving such a
-                // slab costs little next to the blocks' own use, while every
-                // class and heap keeping one would hold megabytes idle.
+                // unless it spans several slices (blocks of tens of KiB and
+                // more): re-carving such a slab costs little next to the
+                // blocks' own use, while every class and heap keeping one
+                // would hold megabytes idle.
                 let q = self.queues[c];
-                if q.first == page && q.last == page && (*page).reserved > LONE_PAGE_MIN_BLOCKS {
+                if q.first == page && q.last == page && (*page).slice_count == 1 {
                     return;
                 }
                 self.queue_remove(c, page);
