@@ -263,12 +263,11 @@ mod tests {
     #[test]
     fn resident_runs_are_found_counted_and_cleared() {
         let mut bits = [0u64; RESIDENT_WORDS];
-        // A segment header is too big for the stack; exercise the bit
-        // logic through a small stand-in with the same methods' maths.
         let mark = |b: &mut [u64; RESIDENT_WORDS], i: usize| b[i / 64] |= 1 << (i % 64);
         for i in [5usize, 6, 7, 63, 64, 65, 200] {
             mark(&mut bits, i);
         }
+        // A segment header is too big for the stack: put one on the heap.
         let layout = core::alloc::Layout::new::<Segment>();
         // SAFETY: non-zero size; zeroed memory is a valid header (all
         // fields are integers, pointers, bools, atomics or free
