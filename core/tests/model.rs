@@ -235,6 +235,40 @@ fn large_realloc_grows_in_place() {
     }
 }
 
+/// A block grown step by step far past the segment-internal sizes moves
+/// only O(log n) times (headroom when it must move), keeping its contents.
+#[test]
+fn step_by_step_growth_moves_rarely() {
+    let (_p, g) = instance();
+    let hb = HeapBox::new(g);
+    let heap = hb.get();
+    let step = 64 * 1024;
+    let mut size = step;
+    let mut p = heap.malloc(size);
+    let mut moves = 0;
+    // SAFETY: `p` is always the live block of `size` bytes.
+    unsafe {
+        p.write_bytes(0x3c, size);
+        while size < 96 << 20 {
+            let q = heap.realloc(p, size + step);
+            assert!(!q.is_null());
+            if q != p {
+                moves += 1;
+            }
+            // The old contents survived; mark the new tail.
+            assert_eq!(*q.add(size - 1), 0x3c, "contents lost at {size} bytes");
+            q.add(size).write_bytes(0x3c, step);
+            p = q;
+            size += step;
+        }
+        heap.free(p);
+    }
+    // 1535 steps; copying at every step would be 1500 moves.
+    assert!(moves <= 40, "{moves} moves for 1535 growth steps");
+    heap.release_now();
+    assert_eq!(snapshot(g).reserved, 0, "reservations left after trim");
+}
+
 #[test]
 fn foreign_pointers_are_ignored() {
     let (_p, g) = instance();
