@@ -320,12 +320,36 @@ impl Global {
         self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Decommits the touched slices of the free span at `idx` (`n` slices)
+    /// of `seg` and marks it clean. Returns how many slices were
+    /// decommitted.
+    ///
+    /// # Safety
+    /// The caller holds `seg` (owns it, or took it off the abandoned list),
+    /// and the span is free.
+    pub unsafe fn decommit_free_span(&self, seg: *mut Segment, idx: usize, n: usize) -> usize {
+        let zero_after = self.caps().contains(Capabilities::ZERO_AFTER_DECOMMIT);
+        // SAFETY: the caller's contract.
+        let s = unsafe { &mut *seg };
+        let base = s.base();
+        let mut decommitted = 0;
+        s.take_resident(idx, n, |first, len| {
+            // SAFETY: a free span holds no live data.
+            unsafe { self.decommit(base + first * SLICE_SIZE, len * SLICE_SIZE) };
+            decommitted += len;
+        });
+        let d = &mut s.slices[idx];
+        d.dirty = false;
+        d.span_is_zero = zero_after;
+        decommitted
+    }
+
     /// Decommits the dirty free spans of abandoned segments that gained no
     /// free span for `delay` past their purge deadline (all with `force`),
     /// so the memory of exited threads does not stay resident until someone
-    /// adopts it. The list is
-    /// taken whole and put back, so the lock is not held across provider
-    /// calls; a heap that finds it empty meanwhile takes a new segment.
+    /// adopts it. The list is taken whole and put back, so the lock is not
+    /// held across provider calls; a heap that finds it empty meanwhile
+    /// takes a new segment.
     pub fn purge_abandoned(&self, now: u64, delay: u64, force: bool) {
         if self.stats.abandoned.load(Ordering::Relaxed) == 0 {
             return;
@@ -337,7 +361,6 @@ impl Global {
         if head.is_null() {
             return;
         }
-        let zero_after = self.caps().contains(Capabilities::ZERO_AFTER_DECOMMIT);
         let mut tail = head;
         let mut seg = head;
         while !seg.is_null() {
@@ -351,16 +374,11 @@ impl Global {
                 if s.purge_at != 0 && (force || now >= s.purge_at.saturating_add(delay)) {
                     s.purge_at = 0;
                     let mut idx = HEADER_SLICES;
-                    while idx < crate::layout::SLICES_PER_SEGMENT {
+                    while idx < SLICES_PER_SEGMENT {
                         let n = (s.slices[idx].slice_count as usize).max(1);
-                        let d = &mut s.slices[idx];
+                        let d = &s.slices[idx];
                         if d.kind == SpanKind::Free && d.dirty {
-                            d.dirty = false;
-                            d.span_is_zero = zero_after;
-                            let base = s.base();
-                            s.take_resident(idx, n, |first, len| {
-                                self.decommit(base + first * SLICE_SIZE, len * SLICE_SIZE);
-                            });
+                            self.decommit_free_span(seg, idx, n);
                         }
                         idx += n;
                     }

@@ -24,7 +24,7 @@ use crate::layout::{
     SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE,
 };
 use crate::page::{self, Block, Notify, Page, SpanKind, TAG_QUEUED_SLAB};
-use crate::provider::{Capabilities, PAGE_SIZE};
+use crate::provider::PAGE_SIZE;
 use crate::segment::{Segment, HEADER_SLICES};
 use crate::segment_map;
 use crate::size_class::{
@@ -218,22 +218,20 @@ impl Heap {
         // queued pages of this heap or the empty page; queued pages belong
         // to this heap.
         unsafe {
+            // One pop for both branches: two inlined copies would cost the
+            // fast path its frameless shape.
             let page = if size <= DIRECT_MAX {
                 *self.direct.get_unchecked(direct_index(size))
             } else if size <= MAX_CLASS_SIZE {
                 let page = self.queues.get_unchecked(class_of(size)).first;
                 if page.is_null() {
-                    return page as *mut u8;
+                    return ptr::null_mut();
                 }
                 page
             } else {
                 return ptr::null_mut();
             };
-            let b = self.pop_block(page);
-            if !b.is_null() {
-                self.stats.count_class_malloc((*page).class as usize);
-            }
-            b
+            self.pop_counted(page)
         }
     }
 
@@ -317,17 +315,49 @@ impl Heap {
         }
     }
 
+    /// [`Heap::pop_block`], counting the block in the statistics.
+    ///
+    /// # Safety
+    /// As [`Heap::pop_block`].
+    #[inline(always)]
+    unsafe fn pop_counted(&mut self, page: *mut Page) -> *mut u8 {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            let b = self.pop_block(page);
+            if !b.is_null() {
+                self.stats.count_class_malloc((*page).class as usize);
+            }
+            b
+        }
+    }
+
+    /// A block from the first page of class `c`'s queue, or null.
+    ///
+    /// # Safety
+    /// `c` must be a size class (below `NUM_CLASSES`); unchecked so that
+    /// the inline fast path has no panic branch and needs no stack frame.
+    #[inline(always)]
+    unsafe fn pop_queued(&mut self, c: usize) -> *mut u8 {
+        debug_assert!(c < NUM_CLASSES);
+        // SAFETY: `c` is a class (caller's contract); queued pages belong
+        // to this heap's segments.
+        unsafe {
+            let page = self.queues.get_unchecked(c).first;
+            if page.is_null() {
+                return ptr::null_mut();
+            }
+            self.pop_counted(page)
+        }
+    }
+
     /// Allocates a block of class `c`.
     #[inline(always)]
     fn alloc_class(&mut self, c: usize) -> *mut u8 {
-        let page = self.queues[c].first;
-        if !page.is_null() {
-            // SAFETY: queued pages belong to this heap's segments.
-            let b = unsafe { self.pop_block(page) };
-            if !b.is_null() {
-                self.stats.count_class_malloc(c);
-                return b;
-            }
+        // SAFETY: callers pass classes from `class_of` or
+        // `class_for_aligned`.
+        let b = unsafe { self.pop_queued(c) };
+        if !b.is_null() {
+            return b;
         }
         self.alloc_class_slow(c)
     }
@@ -1277,7 +1307,6 @@ impl Heap {
     fn purge(&mut self, force: bool) {
         let now = self.now;
         let global = self.global;
-        let zero_after = global.caps().contains(Capabilities::ZERO_AFTER_DECOMMIT);
         let full_span = (SLICES_PER_SEGMENT - HEADER_SLICES) as u32;
         // A segment is due when its deadline passed or nothing is pending
         // (`purge_at == 0`).
@@ -1324,15 +1353,9 @@ impl Heap {
                     {
                         return;
                     }
-                    let n = (*span).slice_count as usize;
                     let idx = (*seg).index_of(span);
-                    let base = (*seg).base();
-                    (*seg).take_resident(idx, n, |first, len| {
-                        global.decommit(base + first * SLICE_SIZE, len * SLICE_SIZE);
-                        excess = excess.saturating_sub(len);
-                    });
-                    (*span).dirty = false;
-                    (*span).span_is_zero = zero_after;
+                    let n = (*span).slice_count as usize;
+                    excess = excess.saturating_sub(global.decommit_free_span(seg, idx, n));
                 }
             });
         }
@@ -1360,10 +1383,7 @@ impl Heap {
         if !force {
             // Abandoned segments wait longer: in thread churn they are
             // adopted again soon, with their free memory still useful.
-            let abandoned_delay = global
-                .options
-                .purge_delay()
-                .saturating_mul(PURGE_MAX_DEFER);
+            let abandoned_delay = global.options.purge_delay().saturating_mul(PURGE_MAX_DEFER);
             global.purge_abandoned(now, abandoned_delay, false);
             global.purge_cache(now, false);
         }

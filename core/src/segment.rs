@@ -44,11 +44,8 @@ pub struct Segment {
     /// Links in the owning heap's list, the abandoned list or the cache.
     pub next: *mut Segment,
     pub prev: *mut Segment,
-    /// One descriptor per slice, plus a guard that stays an empty free
-    /// descriptor: a pointer at the very end of a segment (which
-    /// `segment_base_of` maps to this segment) indexes it, so the free fast
-    /// path needs no bounds check.
-    pub slices: [Page; SLICES_PER_SEGMENT + 1],
+    /// One descriptor per slice.
+    pub slices: [Page; SLICES_PER_SEGMENT],
 }
 
 /// Words of [`Segment::resident`].

@@ -96,7 +96,11 @@ fn a_segment_in_active_use_is_purged_later_but_not_never() {
     }
     assert!(waited > DELAY_MS, "purged while the segment was busy");
     // ...but only up to a bound.
-    assert!(decommitted(p) >= 20 * MIB, "a busy segment hoards forever: {} after {waited} ms", decommitted(p));
+    assert!(
+        decommitted(p) >= 20 * MIB,
+        "a busy segment hoards forever: {} after {waited} ms",
+        decommitted(p)
+    );
     // SAFETY: live block.
     unsafe { heap.free(keep) };
 }
@@ -122,8 +126,15 @@ fn abandoned_segments_are_purged_without_adoption() {
     assert_eq!(decommitted(p), 0, "purged before the delay passed");
     p.advance(100 * DELAY_MS);
     other.decay();
-    assert!(decommitted(p) >= 22 * MIB, "exited thread's memory stays resident");
-    assert_eq!(snapshot(g).abandoned, 1, "the segment was adopted, not purged");
+    assert!(
+        decommitted(p) >= 22 * MIB,
+        "exited thread's memory stays resident"
+    );
+    assert_eq!(
+        snapshot(g).abandoned,
+        1,
+        "the segment was adopted, not purged"
+    );
     // The live block is still there and can be freed by another heap.
     // SAFETY: live block from the exited heap.
     unsafe { other.free(live) };

@@ -72,7 +72,11 @@ fn rss_falls_after_burst_and_trim() {
 /// peak within 3 s.
 #[test]
 fn rss_falls_after_burst_without_trim() {
-    run_program("rss_burst.c", &["512", "50", "notrim"], Duration::from_secs(90));
+    run_program(
+        "rss_burst.c",
+        &["512", "50", "notrim"],
+        Duration::from_secs(90),
+    );
 }
 
 /// 4 threads x 1M random operations with pattern checks and blocks
