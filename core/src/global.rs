@@ -69,6 +69,26 @@ pub struct Global {
     pub(crate) heaps: Mutex<HeapRegistry>,
     /// Counters of heaps that were destroyed.
     retired: HeapStats,
+    /// Operations in flight that a `fork` must not split (low bits), and
+    /// [`FORK_PENDING`] while a fork is being prepared (see
+    /// [`Global::fork_guard`]).
+    unforkable: AtomicUsize,
+    /// A test aid: called in the middle of a cross-thread hand-off (see
+    /// [`Global::set_handoff_hook`]); 0 when unset.
+    handoff_hook: AtomicUsize,
+}
+
+/// Set in `Global::unforkable` while a fork is being prepared.
+const FORK_PENDING: usize = 1 << (usize::BITS - 1);
+
+/// Proof that a `fork` cannot happen until it is dropped (see
+/// [`Global::fork_guard`]).
+pub struct ForkGuard<'a>(&'a AtomicUsize);
+
+impl Drop for ForkGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
 }
 
 impl Global {
@@ -103,6 +123,53 @@ impl Global {
                 chunk_end: 0,
             }),
             retired: HeapStats::new(),
+            unforkable: AtomicUsize::new(0),
+            handoff_hook: AtomicUsize::new(0),
+        }
+    }
+
+    /// Marks the start of a short lock-free operation whose intermediate
+    /// state a forked child could not finish (a thread that began it does
+    /// not exist in the child): the remote-free hand-off to a full page's
+    /// owner, and decommitting abandoned segments outside the list lock.
+    /// [`Global::lock_all`] waits until none is in flight and holds new
+    /// ones back until the fork is over. Costs one atomic add on paths that
+    /// are already slow.
+    pub fn fork_guard(&self) -> ForkGuard<'_> {
+        let mut cur = self.unforkable.load(Ordering::Relaxed);
+        loop {
+            if cur & FORK_PENDING != 0 {
+                core::hint::spin_loop();
+                cur = self.unforkable.load(Ordering::Relaxed);
+                continue;
+            }
+            match self.unforkable.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return ForkGuard(&self.unforkable),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Installs a function called in the middle of every cross-thread
+    /// hand-off (after the page became `Notifying`, before the block
+    /// reaches its owner). A test aid for making a fork land exactly there;
+    /// never set in normal operation.
+    pub fn set_handoff_hook(&self, hook: fn()) {
+        self.handoff_hook.store(hook as usize, Ordering::Release);
+    }
+
+    pub(crate) fn run_handoff_hook(&self) {
+        let h = self.handoff_hook.load(Ordering::Acquire);
+        if h != 0 {
+            // SAFETY: only `set_handoff_hook` stores non-zero values, and
+            // they are `fn()` pointers.
+            let f: fn() = unsafe { core::mem::transmute::<usize, fn()>(h) };
+            f();
         }
     }
 
@@ -344,53 +411,89 @@ impl Global {
         decommitted
     }
 
+    /// Decommits every dirty free span of `seg` and clears its pending
+    /// purge.
+    ///
+    /// # Safety
+    /// The caller holds `seg` (owns it, or marked it `purging`).
+    pub unsafe fn purge_segment(&self, seg: *mut Segment) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let s = &mut *seg;
+            s.purge_at = 0;
+            let mut idx = HEADER_SLICES;
+            while idx < SLICES_PER_SEGMENT {
+                let len = (s.slices[idx].slice_count as usize).max(1);
+                let d = &s.slices[idx];
+                if d.kind == SpanKind::Free && d.dirty {
+                    self.decommit_free_span(seg, idx, len);
+                }
+                idx += len;
+            }
+        }
+    }
+
     /// Decommits the dirty free spans of abandoned segments that gained no
     /// free span for `delay` past their purge deadline (all with `force`),
     /// so the memory of exited threads does not stay resident until someone
-    /// adopts it. The list is taken whole and put back, so the lock is not
-    /// held across provider calls; a heap that finds it empty meanwhile
-    /// takes a new segment.
+    /// adopts it.
+    ///
+    /// The segments stay on the list throughout: a heap looking for a
+    /// segment must never find the list empty because a purge is walking
+    /// it, or it maps a fresh segment that then circulates for good (under
+    /// thread churn this made the number of segments grow without bound).
+    /// Due segments are marked `purging` under the lock and decommitted
+    /// after it is dropped, a few at a time; an adopter that pops one
+    /// meanwhile waits for the mark to clear (see [`Global::pop_abandoned`]).
     pub fn purge_abandoned(&self, now: u64, delay: u64, force: bool) {
-        if self.stats.abandoned.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        let head = {
-            let mut list = self.abandoned.lock();
-            core::mem::replace(&mut list.head, ptr::null_mut())
-        };
-        if head.is_null() {
-            return;
-        }
-        let mut tail = head;
-        let mut seg = head;
-        while !seg.is_null() {
-            // SAFETY: segments taken off the abandoned list are exclusively
-            // ours; remote freers touch only the `thread_free` words of used
-            // spans, never free spans or the header fields used here.
-            unsafe {
-                let s = &mut *seg;
-                // `purge_at == 0`: purged already; an abandoned segment gains
-                // no free spans until it is adopted.
-                if s.purge_at != 0 && (force || now >= s.purge_at.saturating_add(delay)) {
-                    s.purge_at = 0;
-                    let mut idx = HEADER_SLICES;
-                    while idx < SLICES_PER_SEGMENT {
-                        let n = (s.slices[idx].slice_count as usize).max(1);
-                        let d = &s.slices[idx];
-                        if d.kind == SpanKind::Free && d.dirty {
-                            self.decommit_free_span(seg, idx, n);
-                        }
-                        idx += n;
+        const BATCH: usize = 8;
+        loop {
+            if self.stats.abandoned.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            let mut batch = [ptr::null_mut::<Segment>(); BATCH];
+            let mut n = 0;
+            // A child forked while segments are marked would wait for ever
+            // in `pop_abandoned`, so the marks are made and cleared under a
+            // fork guard. The guard comes first and the lock is only tried:
+            // `lock_all` holds the lock while it waits for guards to end.
+            let _guard = self.fork_guard();
+            let Some(list) = self.abandoned.try_lock() else {
+                drop(_guard);
+                core::hint::spin_loop();
+                continue;
+            };
+            let mut seg = list.head;
+            while !seg.is_null() && n < BATCH {
+                // SAFETY: listed segments are held by nobody; the list
+                // lock serialises every access to their purge fields.
+                unsafe {
+                    let s = &mut *seg;
+                    // `purge_at == 0`: purged already; an abandoned
+                    // segment gains no free spans until it is adopted.
+                    if s.purge_at != 0 && (force || now >= s.purge_at.saturating_add(delay)) {
+                        s.purge_at = 0;
+                        s.purging.store(true, Ordering::Relaxed);
+                        batch[n] = seg;
+                        n += 1;
                     }
+                    seg = s.next;
                 }
-                tail = seg;
-                seg = s.next;
+            }
+            drop(list);
+            for &seg in &batch[..n] {
+                // SAFETY: marked `purging`, so nobody else touches the
+                // segment's spans until the mark clears; remote freers touch
+                // only the `thread_free` words of used spans.
+                unsafe {
+                    self.purge_segment(seg);
+                    (*seg).purging.store(false, Ordering::Release);
+                }
+            }
+            if n < BATCH {
+                return;
             }
         }
-        let mut list = self.abandoned.lock();
-        // SAFETY: `tail` is the last segment of the chain we took.
-        unsafe { (*tail).next = list.head };
-        list.head = head;
     }
 
     /// Pops an abandoned segment for adoption.
@@ -399,15 +502,23 @@ impl Global {
         if self.stats.abandoned.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let mut list = self.abandoned.lock();
-        let seg = list.head;
-        if seg.is_null() {
-            return None;
-        }
-        // SAFETY: listed segments are live and only reachable through here.
-        list.head = unsafe { (*seg).next };
+        let seg = {
+            let mut list = self.abandoned.lock();
+            let seg = list.head;
+            if seg.is_null() {
+                return None;
+            }
+            // SAFETY: listed segments are live and only reachable through here.
+            list.head = unsafe { (*seg).next };
+            seg
+        };
         self.stats.abandoned.fetch_sub(1, Ordering::Relaxed);
         self.stats.adopted_total.fetch_add(1, Ordering::Relaxed);
+        // A purge still decommitting it finishes within a few system calls.
+        // SAFETY: the segment is live; the flag is atomic.
+        while unsafe { (*seg).purging.load(Ordering::Acquire) } {
+            core::hint::spin_loop();
+        }
         Some(seg)
     }
 
@@ -643,27 +754,46 @@ impl Global {
     pub unsafe fn fork_child_reset(&self) {
         // SAFETY: the child is single-threaded; the holder was the forking
         // thread, which is this one.
+        unsafe { self.unlock_locks() };
+        // No guarded operation was in flight at the fork, and the threads
+        // that would end them do not exist here.
+        self.unforkable.store(0, Ordering::Release);
+    }
+
+    /// Takes every global lock and waits out the operations a fork must
+    /// not split (before `fork`), so the child inherits neither a lock held
+    /// by a thread that no longer exists nor a half-done hand-off.
+    pub fn lock_all(&self) {
+        core::mem::forget(self.heaps.lock());
+        core::mem::forget(self.cache.lock());
+        core::mem::forget(self.abandoned.lock());
+        // After the locks: a guarded operation takes no lock, so it always
+        // finishes, while a thread waiting to start one holds none.
+        self.unforkable.fetch_or(FORK_PENDING, Ordering::AcqRel);
+        while self.unforkable.load(Ordering::Acquire) & !FORK_PENDING != 0 {
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Releases what [`Global::lock_all`] took (parent after fork).
+    ///
+    /// # Safety
+    /// Only after `lock_all` by this thread.
+    pub unsafe fn unlock_all(&self) {
+        self.unforkable.fetch_and(!FORK_PENDING, Ordering::Release);
+        // SAFETY: this thread took them in `lock_all`.
+        unsafe { self.unlock_locks() };
+    }
+
+    /// # Safety
+    /// The locks must have been taken by `lock_all` (in this process or the
+    /// parent).
+    unsafe fn unlock_locks(&self) {
+        // SAFETY: the caller's contract.
         unsafe {
             self.abandoned.force_unlock();
             self.cache.force_unlock();
             self.heaps.force_unlock();
         }
-    }
-
-    /// Takes every global lock (before `fork`), so the child never inherits
-    /// a lock held by a thread that no longer exists.
-    pub fn lock_all(&self) {
-        core::mem::forget(self.heaps.lock());
-        core::mem::forget(self.cache.lock());
-        core::mem::forget(self.abandoned.lock());
-    }
-
-    /// Releases the locks taken by [`Global::lock_all`] (parent after fork).
-    ///
-    /// # Safety
-    /// Only after `lock_all` by this thread.
-    pub unsafe fn unlock_all(&self) {
-        // SAFETY: this thread took them in `lock_all`.
-        unsafe { self.fork_child_reset() };
     }
 }

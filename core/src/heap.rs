@@ -23,7 +23,7 @@ use crate::layout::{
     align_up, segment_base_of, LARGE_MAX, MAX_CLASS_SIZE, MIN_ALIGN, SEGMENT_MASK, SEGMENT_SIZE,
     SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE,
 };
-use crate::page::{self, Block, Notify, Page, SpanKind, TAG_QUEUED_SLAB};
+use crate::page::{self, Block, Notify, Page, RemotePush, SpanKind, TAG_QUEUED_SLAB};
 use crate::provider::PAGE_SIZE;
 use crate::segment::{Segment, HEADER_SLICES};
 use crate::segment_map;
@@ -400,6 +400,28 @@ impl Heap {
     /// Returns false when out of memory.
     fn refill(&mut self, c: usize) -> bool {
         self.on_slow_path();
+        loop {
+            if self.refill_from_queue(c) {
+                return true;
+            }
+            // SAFETY: `c` is a size class.
+            if unsafe { self.new_slab(c) }.is_some() {
+                return true;
+            }
+            // No free span: take a segment. An adopted one brings its own
+            // slabs with room, which must be used before a new slab is
+            // carved, or every adopter adds a slab that the blocks it
+            // leaves behind then pin (thread churn).
+            if !self.add_segment() {
+                return false;
+            }
+        }
+    }
+
+    /// Walks class `c`'s queue for a page with free blocks (collecting
+    /// frees and carving fresh blocks), moving it to the front; parks full
+    /// pages. Returns whether one was found.
+    fn refill_from_queue(&mut self, c: usize) -> bool {
         let key = self.key;
         // SAFETY: every page reached from the queue belongs to this heap.
         unsafe {
@@ -427,14 +449,19 @@ impl Heap {
                 }
                 page = next;
             }
-            self.new_slab(c).is_some()
+            false
         }
     }
 
-    /// A new slab for class `c`, at the front of its queue, with blocks.
+    /// A new slab for class `c` carved from a free span, at the front of
+    /// its queue, with blocks; `None` when no binned span fits (the caller
+    /// adds a segment).
+    ///
+    /// # Safety
+    /// `c` must be a size class.
     unsafe fn new_slab(&mut self, c: usize) -> Option<*mut Page> {
         let info = CLASSES[c];
-        let (seg, idx) = self.alloc_span(info.slices, SLICE_SIZE, SpanKind::Slab)?;
+        let (seg, idx) = self.take_span(info.slices, SLICE_SIZE, SpanKind::Slab)?;
         // SAFETY: the span was just carved from an owned segment.
         unsafe {
             let start = (*seg).slice_addr(idx);
@@ -681,9 +708,25 @@ impl Heap {
                 return;
             }
             bump(&self.stats.remote_frees, 1);
-            if (*page).push_thread_free(b, self.key) {
-                // The page is full and parked: hand the block to its owner.
-                // The owner cannot go away while we are `Notifying`.
+            if (*page).push_thread_free(b, self.key, false) == RemotePush::MustNotify {
+                self.hand_over(page, seg, b);
+            }
+        }
+    }
+
+    /// Hands a block of a parked full page to the page's owner through its
+    /// delayed-free list, which brings the page back into the owner's
+    /// queue. Two steps that a `fork` must not split (a child would find
+    /// the page `Notifying` for ever), hence the fork guard around them.
+    #[cold]
+    #[inline(never)]
+    unsafe fn hand_over(&mut self, page: *mut Page, seg: *mut Segment, b: *mut Block) {
+        let _guard = self.global.fork_guard();
+        // SAFETY: `b` is a live block of `page` given up by the caller;
+        // while we hold `Notifying` the owner cannot go away.
+        unsafe {
+            if (*page).push_thread_free(b, self.key, true) == RemotePush::Notifying {
+                self.global.run_handoff_hook();
                 let owner = (*seg).owner.load(Ordering::Acquire) as *const Heap;
                 (*owner).push_delayed(b);
                 (*page).end_notifying();
@@ -920,42 +963,56 @@ impl Heap {
         align: usize,
         kind: SpanKind,
     ) -> Option<(*mut Segment, usize)> {
-        let extra = (align - SLICE_SIZE) / SLICE_SIZE;
         loop {
-            // SAFETY: binned spans are free spans of owned segments.
-            unsafe {
-                let span = self.bins.take(n + extra);
-                if !span.is_null() {
-                    let seg = ((span as usize) & !SEGMENT_MASK) as *mut Segment;
-                    let s = &mut *seg;
-                    let idx = s.index_of(span);
-                    let m = (*span).slice_count as usize;
-                    let (dirty, zero) = ((*span).dirty, (*span).span_is_zero);
-                    let head =
-                        (align_up(s.slice_addr(idx), align) - s.slice_addr(idx)) / SLICE_SIZE;
-                    let at = idx + head;
-                    if !self.global.commit(s.slice_addr(at), n * SLICE_SIZE) {
-                        s.mark_free(idx, m, dirty, zero);
-                        self.bins.insert(span);
-                        return None;
-                    }
-                    s.mark_used(at, n, kind);
-                    s.mark_resident(at, n);
-                    s.slices[at].span_is_zero = zero;
-                    if head > 0 {
-                        self.insert_free(seg, idx, head, dirty, zero);
-                    }
-                    if m > head + n {
-                        self.insert_free(seg, at + n, m - head - n, dirty, zero);
-                    }
-                    s.used_slices += n;
-                    self.global.stats.add_active(n * SLICE_SIZE);
-                    return Some((seg, at));
-                }
+            if let Some(found) = self.take_span(n, align, kind) {
+                return Some(found);
             }
             if !self.add_segment() {
                 return None;
             }
+        }
+    }
+
+    /// Carves a used span of `n` slices starting on an `align` boundary
+    /// (`align >= SLICE_SIZE`) from the bins; `None` when no binned span
+    /// fits or its memory cannot be committed.
+    fn take_span(
+        &mut self,
+        n: usize,
+        align: usize,
+        kind: SpanKind,
+    ) -> Option<(*mut Segment, usize)> {
+        let extra = (align - SLICE_SIZE) / SLICE_SIZE;
+        // SAFETY: binned spans are free spans of owned segments.
+        unsafe {
+            let span = self.bins.take(n + extra);
+            if span.is_null() {
+                return None;
+            }
+            let seg = ((span as usize) & !SEGMENT_MASK) as *mut Segment;
+            let s = &mut *seg;
+            let idx = s.index_of(span);
+            let m = (*span).slice_count as usize;
+            let (dirty, zero) = ((*span).dirty, (*span).span_is_zero);
+            let head = (align_up(s.slice_addr(idx), align) - s.slice_addr(idx)) / SLICE_SIZE;
+            let at = idx + head;
+            if !self.global.commit(s.slice_addr(at), n * SLICE_SIZE) {
+                s.mark_free(idx, m, dirty, zero);
+                self.bins.insert(span);
+                return None;
+            }
+            s.mark_used(at, n, kind);
+            s.mark_resident(at, n);
+            s.slices[at].span_is_zero = zero;
+            if head > 0 {
+                self.insert_free(seg, idx, head, dirty, zero);
+            }
+            if m > head + n {
+                self.insert_free(seg, at + n, m - head - n, dirty, zero);
+            }
+            s.used_slices += n;
+            self.global.stats.add_active(n * SLICE_SIZE);
+            Some((seg, at))
         }
     }
 
@@ -1082,11 +1139,7 @@ impl Heap {
                         b = next;
                     }
                     if (*page).used == 0 {
-                        s.used_slices -= n;
-                        self.global.stats.sub_active(n * SLICE_SIZE);
-                        (*page).kind = SpanKind::Free;
-                        (*page).dirty = true;
-                        (*page).span_is_zero = false;
+                        self.free_swept_span(seg, page);
                         freed = true;
                     }
                 }
@@ -1095,6 +1148,24 @@ impl Heap {
             if freed {
                 self.schedule_purge(seg);
             }
+        }
+    }
+
+    /// Turns an empty used span of `seg` into an (uncoalesced, unbinned)
+    /// dirty free span; the caller schedules the purge and coalesces.
+    ///
+    /// # Safety
+    /// `seg` is held by this heap; `page` is the first descriptor of an
+    /// unqueued used span with no live block.
+    unsafe fn free_swept_span(&mut self, seg: *mut Segment, page: *mut Page) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let n = (*page).slice_count as usize;
+            (*seg).used_slices -= n;
+            self.global.stats.sub_active(n * SLICE_SIZE);
+            (*page).kind = SpanKind::Free;
+            (*page).dirty = true;
+            (*page).span_is_zero = false;
         }
     }
 
@@ -1131,9 +1202,16 @@ impl Heap {
                     (*seg).owner.store(0, Ordering::Release);
                     self.global.retire_segment(seg);
                 } else {
-                    // Its free memory is purged while abandoned if nobody
-                    // adopts it in time (see `Global::purge_abandoned`).
+                    // Free memory whose purge is due goes back now: under
+                    // thread churn a segment passes from heap to heap, each
+                    // living too short a time to run its own decay check,
+                    // and every owner leaves a few more touched slices.
+                    // The rest is purged while abandoned if nobody adopts
+                    // it in time (see `Global::purge_abandoned`).
                     self.schedule_purge(seg);
+                    if self.now >= (*seg).purge_at {
+                        self.global.purge_segment(seg);
+                    }
                     (*seg).owner.store(0, Ordering::Release);
                     self.global.push_abandoned(seg);
                 }

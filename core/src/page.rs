@@ -79,6 +79,17 @@ fn tf_pack(head: *mut Block, count: u32, state: usize) -> usize {
     (head as usize & (COUNT_ONE - 1)) | ((count as usize) << COUNT_SHIFT) | state
 }
 
+/// What [`Page::push_thread_free`] did with a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemotePush {
+    /// The block is on the page's `thread_free` list.
+    Pushed,
+    /// The page is parked full (`Notify`); nothing was done.
+    MustNotify,
+    /// The caller now holds `Notifying` and must hand the block over.
+    Notifying,
+}
+
 /// A free block; its first word is the encoded link to the next one.
 #[repr(C)]
 pub struct Block {
@@ -266,18 +277,30 @@ impl Page {
         self.used -= 1;
     }
 
-    /// Pushes a block freed by another thread. Returns true when the page
-    /// was in state `Notify`: the caller now holds `Notifying`, has *not*
-    /// pushed the block, and must hand it to the owner and then call
-    /// [`Page::end_notifying`].
+    /// Pushes a block freed by another thread.
+    ///
+    /// When the page is in state `Notify` the block is *not* pushed: with
+    /// `may_notify` the state becomes `Notifying` and the caller must hand
+    /// the block to the owner and then call [`Page::end_notifying`]
+    /// ([`RemotePush::Notifying`]); without it nothing changes
+    /// ([`RemotePush::MustNotify`]), so the caller can first make the
+    /// hand-off safe against `fork` and then call again.
     ///
     /// # Safety
     /// `b` must be a live block of this page, given up by the caller.
-    pub unsafe fn push_thread_free(&self, b: *mut Block, key: usize) -> bool {
+    pub unsafe fn push_thread_free(
+        &self,
+        b: *mut Block,
+        key: usize,
+        may_notify: bool,
+    ) -> RemotePush {
         let mut cur = self.thread_free.load(Ordering::Relaxed);
         loop {
             let state = cur & STATE_MASK;
             let new = if state == Notify::Notify as usize {
+                if !may_notify {
+                    return RemotePush::MustNotify;
+                }
                 (cur & !STATE_MASK) | Notify::Notifying as usize
             } else {
                 let head = tf_head(cur);
@@ -291,7 +314,8 @@ impl Page {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return state == Notify::Notify as usize,
+                Ok(_) if state == Notify::Notify as usize => return RemotePush::Notifying,
+                Ok(_) => return RemotePush::Pushed,
                 Err(actual) => cur = actual,
             }
         }
@@ -478,8 +502,8 @@ mod tests {
         let key = 0x1234_5678_9abc_def1;
         for b in blocks.iter_mut() {
             // SAFETY: each block is a distinct writable pair of words.
-            let notify = unsafe { page.push_thread_free(b.as_mut_ptr() as *mut Block, key) };
-            assert!(!notify);
+            let r = unsafe { page.push_thread_free(b.as_mut_ptr() as *mut Block, key, false) };
+            assert_eq!(r, RemotePush::Pushed);
         }
         let last = blocks[4].as_mut_ptr() as *mut Block;
         assert_eq!(page.peek_thread_free(), last);

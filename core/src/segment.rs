@@ -9,7 +9,7 @@
 
 use core::mem::size_of;
 use core::ptr;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::layout::{SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE};
 use crate::page::{Page, SpanKind};
@@ -41,6 +41,10 @@ pub struct Segment {
     /// spans loses where their dirty parts were; this keeps it, so decay
     /// decommits (and counts) only memory that was really touched.
     pub resident: [u64; RESIDENT_WORDS],
+    /// Set while `Global::purge_abandoned` decommits this abandoned
+    /// segment outside the list's lock; an adopter that pops it meanwhile
+    /// waits for the flag to clear before touching its spans.
+    pub purging: AtomicBool,
     /// Links in the owning heap's list, the abandoned list or the cache.
     pub next: *mut Segment,
     pub prev: *mut Segment,
@@ -89,6 +93,7 @@ impl Segment {
             (*seg).purge_at = 0;
             (*seg).purge_first = 0;
             (*seg).resident = [0; RESIDENT_WORDS];
+            (*seg).purging = AtomicBool::new(false);
             (*seg).next = ptr::null_mut();
             (*seg).prev = ptr::null_mut();
         }

@@ -112,7 +112,33 @@ fn read_options() {
         provider::DECOMMIT_WITH_FREE.store(true, Ordering::Relaxed);
     }
     provider::HUGE_PAGES.store(env_on(c"APEX_THP"), Ordering::Relaxed);
+    if let Some(fd) = env_number(c"APEX_TEST_HANDOFF_FD") {
+        HANDOFF_FD.store(fd.min(i32::MAX as u64) as i32, Ordering::Relaxed);
+        GLOBAL.set_handoff_hook(pause_in_handoff);
+    }
     SHOW_STATS.store(env_on(c"APEX_SHOW_STATS"), Ordering::Relaxed);
+}
+
+/// A test aid (`APEX_TEST_HANDOFF_FD=N`): the first cross-thread hand-off
+/// writes one byte to file descriptor N and then pauses for 300 ms in its
+/// middle, so a test can fork exactly there. Neither call allocates.
+static HANDOFF_FD: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(-1);
+
+fn pause_in_handoff() {
+    let fd = HANDOFF_FD.swap(-1, Ordering::AcqRel);
+    if fd < 0 {
+        return;
+    }
+    let pause = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 300_000_000,
+    };
+    // SAFETY: writes one byte from a static buffer and sleeps; a failure of
+    // either only weakens the test that asked for it.
+    unsafe {
+        libc::write(fd, b"h".as_ptr().cast(), 1);
+        libc::nanosleep(&pause, ptr::null_mut());
+    }
 }
 
 /// Initialises the process-wide state once. Allocation requests made by

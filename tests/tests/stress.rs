@@ -53,6 +53,42 @@ fn thread_churn_memory_stays_bounded() {
     );
 }
 
+/// A thread pool's churn: 20,000 threads in waves of 40, each allocating 5
+/// blocks in each of 60 size classes and handing half to the main thread.
+/// After the first fifth, resident memory may grow by at most 64 MiB and the
+/// mapped address space by at most 640 MiB (segments in circulation follow
+/// the number of threads alive at once, not the number that ever lived);
+/// resident memory peaks under 200 MiB. Unbounded growth reaches GiBs here.
+#[test]
+fn thread_pool_churn_stays_bounded() {
+    run_program(
+        "pool_churn.c",
+        &["20000", "40", "200", "64", "4", "640"],
+        Duration::from_secs(120),
+    );
+}
+
+/// fork() lands in the middle of a cross-thread hand-off (a test hook in
+/// the library pauses there): the child must free into that page and go on
+/// allocating without hanging.
+#[test]
+fn fork_during_cross_thread_handoff() {
+    let alloc = allocator();
+    let exe = compile("fork_handoff.c", &test_dir!("fork_handoff"));
+    let mut cmd = Command::new(&exe);
+    cmd.env("APEX_TEST_HANDOFF_FD", "100");
+    preload(&mut cmd, &alloc);
+    let out = run(&mut cmd, Duration::from_secs(60));
+    out.assert_success();
+    for line in ["fork_handoff: child ok", "fork_handoff: ok"] {
+        assert!(
+            out.stdout.contains(line),
+            "missing {line:?}:\n{}",
+            out.report()
+        );
+    }
+}
+
 /// 50 forks while 4 threads hammer the allocator; every child must be able
 /// to allocate and exit.
 #[test]
