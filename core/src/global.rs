@@ -7,7 +7,7 @@
 //! be avoided.
 
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use spin::Mutex;
 
@@ -69,6 +69,8 @@ pub struct Global {
     pub(crate) heaps: Mutex<HeapRegistry>,
     /// Counters of heaps that were destroyed.
     retired: HeapStats,
+    /// Set while memory is short (see [`Global::under_pressure`]).
+    pressure: AtomicBool,
     /// Operations in flight that a `fork` must not split (low bits), and
     /// [`FORK_PENDING`] while a fork is being prepared (see
     /// [`Global::fork_guard`]).
@@ -123,6 +125,7 @@ impl Global {
                 chunk_end: 0,
             }),
             retired: HeapStats::new(),
+            pressure: AtomicBool::new(false),
             unforkable: AtomicUsize::new(0),
             handoff_hook: AtomicUsize::new(0),
         }
@@ -287,10 +290,27 @@ impl Global {
         }
     }
 
+    /// Reserves from the provider. A failure puts the allocator under
+    /// memory pressure until a reservation succeeds again (see
+    /// [`Global::under_pressure`]).
     fn reserve(&self, len: usize, align: usize) -> Option<usize> {
-        let p = self.provider.reserve(len, align)?;
+        let Some(p) = self.provider.reserve(len, align) else {
+            self.pressure.store(true, Ordering::Relaxed);
+            return None;
+        };
+        if self.pressure.load(Ordering::Relaxed) {
+            self.pressure.store(false, Ordering::Relaxed);
+        }
         self.stats.reserved.fetch_add(len, Ordering::Relaxed);
         Some(p.as_ptr() as usize)
+    }
+
+    /// Whether the last reservation failed: memory is short, so empty
+    /// segments and freed huge blocks go back to the provider at once
+    /// instead of being kept for reuse, where any heap that needs memory
+    /// can get them.
+    pub fn under_pressure(&self) -> bool {
+        self.pressure.load(Ordering::Relaxed)
     }
 
     /// # Safety
@@ -549,10 +569,13 @@ impl Global {
             (base, len, base + off, base, zero)
         } else {
             // The block sits on an `align` boundary; its header sits one
-            // segment earlier, where `segment_base_of` looks for it.
+            // segment earlier, where `segment_base_of` looks for it. A
+            // segment-aligned reservation of `align + size` bytes always
+            // holds such a boundary at least a segment past its start; an
+            // `align`-aligned one would cost the provider twice that.
             let len = align_up(align.checked_add(size)?, PAGE_SIZE);
-            let base = self.reserve(len, align)?;
-            let p = base + align;
+            let base = self.reserve(len, SEGMENT_SIZE)?;
+            let p = align_up(base + SEGMENT_SIZE, align);
             (
                 base,
                 len,
@@ -651,7 +674,7 @@ impl Global {
             .segment_cache
             .load(Ordering::Relaxed)
             .min(CACHE_SLOTS);
-        if slots == 0 {
+        if slots == 0 || self.under_pressure() {
             // SAFETY: the caller hands over a whole unused reservation.
             unsafe { self.release(base, len) };
             return;

@@ -492,7 +492,12 @@ impl Heap {
             && size <= LARGE_MAX
             && size.saturating_add(align) <= LARGE_MAX + SLICE_SIZE;
         if !fits_in_segment {
-            return match self.global.alloc_huge(size, align) {
+            let mut huge = self.global.alloc_huge(size, align);
+            if huge.is_none() {
+                self.reclaim();
+                huge = self.global.alloc_huge(size, align);
+            }
+            return match huge {
                 Some((p, z)) => {
                     // SAFETY: huge blocks are ours; read their usable size.
                     let usable = unsafe { usable_size(p) };
@@ -793,6 +798,46 @@ impl Heap {
             (*page).kind = SpanKind::Free;
             (*page).slice_count = 0;
             self.insert_free(seg, idx, n, true, false);
+            if (*seg).used_slices == 0 {
+                self.segment_emptied(seg);
+            }
+        }
+    }
+
+    /// A segment of this heap has no used span any more. One empty segment
+    /// stays for reuse (until the decay retires it); a second one, or any
+    /// while memory is short, goes back to `Global` now, where every heap
+    /// can get it and a failed reservation can release it. So memory a
+    /// thread freed never strands in its heap while another thread runs
+    /// out.
+    ///
+    /// # Safety
+    /// `seg` is an own segment whose only span is a binned free span.
+    unsafe fn segment_emptied(&mut self, seg: *mut Segment) {
+        // SAFETY: own segments, linked through `next`.
+        unsafe {
+            let mut other = self.segments;
+            while !other.is_null() && (other == seg || (*other).used_slices != 0) {
+                other = (*other).next;
+            }
+            if other.is_null() && !self.global.under_pressure() {
+                return;
+            }
+            self.release_segment(seg);
+        }
+    }
+
+    /// Hands an empty own segment back to `Global`.
+    ///
+    /// # Safety
+    /// `seg` is an own segment whose only span is a binned free span.
+    unsafe fn release_segment(&mut self, seg: *mut Segment) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            self.bins.remove(&mut (*seg).slices[HEADER_SLICES]);
+            self.unlink_segment(seg);
+            (*seg).owner.store(0, Ordering::Release);
+            self.global.retire_segment(seg);
         }
     }
 
@@ -864,6 +909,9 @@ impl Heap {
             {
                 return p;
             }
+            if (*seg).is_huge && new_size > LARGE_MAX && self.resize_huge(seg, page, new_size) {
+                return p;
+            }
             // Keep the block unless shrinking would free real memory.
             if new_size <= usable && new_size >= usable / 2 {
                 return p;
@@ -894,6 +942,35 @@ impl Heap {
                 self.free(p);
             }
             q
+        }
+    }
+
+    /// Resizes a huge block in place within its reservation: a shrink
+    /// decommits the pages past the new end (a block cut from 1 GiB to
+    /// 600 MiB must not keep 1 GiB resident), a growth takes them back.
+    /// Returns false when the reservation is too small.
+    ///
+    /// # Safety
+    /// `page` is the descriptor of the live huge block of `seg`.
+    unsafe fn resize_huge(&mut self, seg: *mut Segment, page: *mut Page, new_size: usize) -> bool {
+        // SAFETY: the caller's contract; the block is the caller's.
+        unsafe {
+            let start = (*page).start;
+            let end = (*seg).reservation + (*seg).reservation_len;
+            let old = (*page).block_size;
+            let new = align_up(new_size, PAGE_SIZE);
+            if new > end - start {
+                return false;
+            }
+            if new < old {
+                self.global.decommit(start + new, old - new);
+            } else if new > old && !self.global.commit(start + old, new - old) {
+                return false;
+            }
+            (*page).block_size = new;
+            bump(&self.stats.malloc_bytes, new as u64);
+            bump(&self.stats.free_bytes, old as u64);
+            true
         }
     }
 
@@ -1062,13 +1139,46 @@ impl Heap {
         }
     }
 
-    /// Gets one more segment: an abandoned one to adopt, else a new one.
-    fn add_segment(&mut self) -> bool {
+    /// Gets one more segment: an abandoned one to adopt, else a new one;
+    /// when none can be had, reclaims memory and tries once more. Returns
+    /// false when out of memory. (Public so a frontend can give a heap its
+    /// first segment ahead of need.)
+    pub fn add_segment(&mut self) -> bool {
         if let Some(seg) = self.global.pop_abandoned() {
             // SAFETY: popped abandoned segments are exclusively ours.
             unsafe { self.adopt(seg) };
             return true;
         }
+        if self.new_segment() {
+            return true;
+        }
+        self.reclaim() || self.new_segment()
+    }
+
+    /// Gives back every bit of memory this heap can reach, after a
+    /// reservation failed: the cached segments and huge blocks, this heap's
+    /// empty slabs and segments, and abandoned segments whose blocks other
+    /// threads freed meanwhile (they are adopted, so their remote frees are
+    /// collected; the empty ones are released). Returns whether segments
+    /// with free space were adopted (the caller retries its carve).
+    fn reclaim(&mut self) -> bool {
+        let now = self.global.now().unwrap_or(self.now);
+        self.global.purge_cache(now, true);
+        let mut adopted = 0;
+        while let Some(seg) = self.global.pop_abandoned() {
+            // SAFETY: popped abandoned segments are exclusively ours.
+            unsafe { self.adopt(seg) };
+            adopted += 1;
+        }
+        self.release_empty_pages();
+        // Retires every empty segment (under pressure, straight back to the
+        // provider) and decommits the free spans of the rest.
+        self.purge(true);
+        adopted > 0 && !self.segments.is_null()
+    }
+
+    /// Takes a fresh (or cached) segment from `Global`.
+    fn new_segment(&mut self) -> bool {
         let Some(seg) = self.global.new_segment() else {
             return false;
         };
@@ -1450,10 +1560,7 @@ impl Heap {
                 // the reserve and remains eligible at later checks.
                 (*seg).purge_at = 0;
                 if (*seg).used_slices == 0 {
-                    self.bins.remove(&mut (*seg).slices[HEADER_SLICES]);
-                    self.unlink_segment(seg);
-                    (*seg).owner.store(0, Ordering::Release);
-                    self.global.retire_segment(seg);
+                    self.release_segment(seg);
                 }
                 seg = next;
             }

@@ -165,6 +165,15 @@ fn ensure_global() {
     unsafe {
         libc::pthread_key_create(ptr::addr_of_mut!(THREAD_KEY), Some(thread_exit));
     }
+    // The shared heap exists from the start, with a segment: it is the
+    // fallback of threads that cannot get a heap or a segment of their own,
+    // which happens exactly when memory is short, when it could not get one
+    // either. (Address space only: nothing is touched until it is used.)
+    *SHARED.lock() = Heap::create(&GLOBAL).map(|mut h| {
+        // SAFETY: just created, not yet shared with anybody.
+        unsafe { h.as_mut().add_segment() };
+        HeapPtr(h)
+    });
     tls::set(before);
     STATE.store(READY, Ordering::Release);
     // These may allocate, which works normally from here on.
@@ -361,7 +370,36 @@ fn try_malloc_fast(size: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn malloc_slow(size: usize) -> *mut u8 {
-    with_heap(|h| h.malloc(size), || bootstrap::alloc(size, MIN_ALIGN))
+    or_shared(
+        with_heap(|h| h.malloc(size), || bootstrap::alloc(size, MIN_ALIGN)),
+        |h| h.malloc(size),
+    )
+}
+
+/// `p`, or when it is null and the calling thread has a heap of its own,
+/// `f` on the shared heap: a thread whose heap cannot get a segment of its
+/// own (the address space is short) still allocates from the segments the
+/// shared heap already has.
+#[inline(always)]
+fn or_shared(p: *mut u8, f: impl FnOnce(&mut Heap) -> *mut u8) -> *mut u8 {
+    if !p.is_null() || own_heap().is_none() {
+        return p;
+    }
+    from_shared(f)
+}
+
+#[cold]
+#[inline(never)]
+fn from_shared(f: impl FnOnce(&mut Heap) -> *mut u8) -> *mut u8 {
+    let mut shared = SHARED.lock();
+    if shared.is_none() {
+        *shared = Heap::create(&GLOBAL).map(HeapPtr);
+    }
+    match *shared {
+        // SAFETY: the shared heap is used only under this lock.
+        Some(h) => f(unsafe { &mut *h.0.as_ptr() }),
+        None => ptr::null_mut(),
+    }
 }
 
 /// Like [`malloc`], setting `errno` to `ENOMEM` on failure (the C ABI).
@@ -389,24 +427,33 @@ fn malloc_slow_c(size: usize) -> *mut u8 {
 #[inline]
 pub fn zalloc(size: usize) -> *mut u8 {
     // Arena memory is never reused, so it is still zero.
-    with_heap(|h| h.zalloc(size), || bootstrap::alloc(size, MIN_ALIGN))
+    or_shared(
+        with_heap(|h| h.zalloc(size), || bootstrap::alloc(size, MIN_ALIGN)),
+        |h| h.zalloc(size),
+    )
 }
 
 /// Allocates `size` bytes aligned to `align` (a power of two).
 #[inline]
 pub fn malloc_aligned(size: usize, align: usize) -> *mut u8 {
-    with_heap(
+    or_shared(
+        with_heap(
+            |h| h.malloc_aligned(size, align),
+            || bootstrap::alloc(size, align),
+        ),
         |h| h.malloc_aligned(size, align),
-        || bootstrap::alloc(size, align),
     )
 }
 
 /// Allocates `size` zeroed bytes aligned to `align` (a power of two).
 #[inline]
 pub fn zalloc_aligned(size: usize, align: usize) -> *mut u8 {
-    with_heap(
+    or_shared(
+        with_heap(
+            |h| h.zalloc_aligned(size, align),
+            || bootstrap::alloc(size, align),
+        ),
         |h| h.zalloc_aligned(size, align),
-        || bootstrap::alloc(size, align),
     )
 }
 
@@ -454,7 +501,22 @@ pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
         return q;
     }
     // SAFETY: forwarded from the caller.
-    with_heap(|h| unsafe { h.realloc(p, size) }, ptr::null_mut)
+    let q = with_heap(|h| unsafe { h.realloc(p, size) }, ptr::null_mut);
+    if !q.is_null() || own_heap().is_none() || !apex_core::owns(p) {
+        return q;
+    }
+    // The own heap is out of memory: move the block to the shared heap.
+    let q = from_shared(|h| h.malloc(size));
+    if !q.is_null() {
+        // SAFETY: `p` is a live block of ours (it is in one of our
+        // segments), `q` a new one of at least `size` bytes; `p` is freed
+        // once, after the copy.
+        unsafe {
+            ptr::copy_nonoverlapping(p, q, apex_core::usable_size(p).min(size));
+            free(p);
+        }
+    }
+    q
 }
 
 /// Usable size of a block; 0 for null or foreign pointers.

@@ -89,6 +89,47 @@ fn fork_during_cross_thread_handoff() {
     }
 }
 
+/// Address-space exhaustion under an `RLIMIT_AS` cap: freed memory serves
+/// a 100 MiB block and refills the cap without `malloc_trim`.
+#[test]
+fn exhaustion_freed_memory_is_reusable() {
+    run_program("exhaustion.c", &["refill"], Duration::from_secs(60));
+}
+
+/// Realloc growth under a 256 MiB cap reaches at least 112 MiB.
+#[test]
+fn exhaustion_realloc_grows_to_the_cap() {
+    run_program("exhaustion.c", &["realloc"], Duration::from_secs(60));
+}
+
+/// Threads that wait while the cap is full allocate once the main thread
+/// has freed everything (it never calls `malloc_trim`).
+#[test]
+fn exhaustion_threads_recover_after_free() {
+    run_program("exhaustion.c", &["threads"], Duration::from_secs(60));
+}
+
+/// 64 threads allocate under a cap with room for a few segments only:
+/// those that cannot get one of their own fall back to the shared heap.
+#[test]
+fn exhaustion_threads_without_a_segment_share() {
+    run_program("exhaustion.c", &["many"], Duration::from_secs(60));
+}
+
+/// Alignments up to 16 GiB are served (the reservation is `size + align`,
+/// not twice that).
+#[test]
+fn huge_alignments_are_served() {
+    run_program("exhaustion.c", &["align"], Duration::from_secs(60));
+}
+
+/// A 256 MiB block shrunk to 160 MiB returns at least 64 MiB of resident
+/// memory, and grows back with its contents.
+#[test]
+fn huge_block_shrink_returns_its_tail() {
+    run_program("huge_shrink.c", &[], Duration::from_secs(60));
+}
+
 /// 50 forks while 4 threads hammer the allocator; every child must be able
 /// to allocate and exit.
 #[test]
