@@ -431,6 +431,22 @@ impl Global {
         decommitted
     }
 
+    /// The decay of what no heap owns: cached ranges older than the purge
+    /// delay are decommitted, and so is the free memory of abandoned
+    /// segments that waited `PURGE_MAX_DEFER` delays (under thread churn
+    /// they are adopted again soon, with their free memory still useful).
+    /// Heaps run it on their periodic decay check; a frontend may also run
+    /// it from a background thread or an idle loop, so memory goes back
+    /// while no heap allocates.
+    pub fn decay(&self, now: u64) {
+        let abandoned_delay = self
+            .options
+            .purge_delay()
+            .saturating_mul(crate::options::PURGE_MAX_DEFER);
+        self.purge_abandoned(now, abandoned_delay, false);
+        self.purge_cache(now, false);
+    }
+
     /// Decommits every dirty free span of `seg` and clears its pending
     /// purge.
     ///

@@ -42,9 +42,7 @@ const EXTEND_BYTES: usize = 16 * 1024;
 const PURGE_RESERVE_MIN: usize = 1 << 20;
 /// Check for decay every this many slow paths.
 const PURGE_CHECK_INTERVAL: u64 = 64;
-/// A segment's pending decommit is deferred by at most this many purge
-/// delays while it keeps gaining free spans (see `Heap::schedule_purge`).
-const PURGE_MAX_DEFER: u64 = 8;
+use crate::options::PURGE_MAX_DEFER;
 
 #[derive(Clone, Copy)]
 struct PageQueue {
@@ -1566,11 +1564,7 @@ impl Heap {
             }
         }
         if !force {
-            // Abandoned segments wait longer: in thread churn they are
-            // adopted again soon, with their free memory still useful.
-            let abandoned_delay = global.options.purge_delay().saturating_mul(PURGE_MAX_DEFER);
-            global.purge_abandoned(now, abandoned_delay, false);
-            global.purge_cache(now, false);
+            global.decay(now);
         }
     }
 

@@ -3,6 +3,11 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+/// A segment's pending decommit is deferred by at most this many purge
+/// delays while it keeps gaining free spans (see `Heap::schedule_purge`);
+/// abandoned segments wait this many delays before their free memory goes.
+pub const PURGE_MAX_DEFER: u64 = 8;
+
 /// The option table; every field has a documented default.
 pub struct Options {
     /// Milliseconds a free span stays resident before it is decommitted

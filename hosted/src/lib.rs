@@ -23,6 +23,7 @@
 //! | `APEX_THP` | 0 | `MADV_HUGEPAGE` on segments |
 //! | `APEX_SEGMENT_CACHE` | 8 | empty segments kept for reuse |
 //! | `APEX_HUGE_CACHE_MB` | 256 | resident freed huge blocks kept for reuse |
+//! | `APEX_BACKGROUND_PURGE_MS` | 0 | run a background purge thread this often (0: none) |
 
 #![no_std]
 
@@ -112,11 +113,58 @@ fn read_options() {
         provider::DECOMMIT_WITH_FREE.store(true, Ordering::Relaxed);
     }
     provider::HUGE_PAGES.store(env_on(c"APEX_THP"), Ordering::Relaxed);
+    if let Some(ms) = env_number(c"APEX_BACKGROUND_PURGE_MS") {
+        BACKGROUND_PURGE_MS.store(ms, Ordering::Relaxed);
+    }
     if let Some(fd) = env_number(c"APEX_TEST_HANDOFF_FD") {
         HANDOFF_FD.store(fd.min(i32::MAX as u64) as i32, Ordering::Relaxed);
         GLOBAL.set_handoff_hook(pause_in_handoff);
     }
     SHOW_STATS.store(env_on(c"APEX_SHOW_STATS"), Ordering::Relaxed);
+}
+
+/// `APEX_BACKGROUND_PURGE_MS`: how often the background purge thread runs
+/// (0, the default: no thread).
+static BACKGROUND_PURGE_MS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Starts the background purge thread when the option asks for one.
+fn start_background_purge() {
+    if BACKGROUND_PURGE_MS.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    // SAFETY: a zeroed pthread_t is a valid out-parameter; the thread gets
+    // no argument and is detached, so nobody joins it.
+    unsafe {
+        let mut t: libc::pthread_t = core::mem::zeroed();
+        if libc::pthread_create(&mut t, ptr::null(), background_purge, ptr::null_mut()) == 0 {
+            libc::pthread_detach(t);
+        }
+    }
+}
+
+/// The background purge: every `APEX_BACKGROUND_PURGE_MS` it runs the
+/// decay of what no thread owns (cached segments and huge blocks, abandoned
+/// segments) and of the shared heap, so a process that goes quiet after a
+/// burst gives the memory back without allocating again. Free memory inside
+/// a live thread's heap stays that thread's to return: a heap keeps at most
+/// one empty segment, handing the others to the cache this thread purges.
+extern "C" fn background_purge(_: *mut libc::c_void) -> *mut libc::c_void {
+    let ms = BACKGROUND_PURGE_MS.load(Ordering::Relaxed);
+    let pause = libc::timespec {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+    };
+    loop {
+        // SAFETY: sleeps; the timespec is valid.
+        unsafe { libc::nanosleep(&pause, ptr::null_mut()) };
+        if let Some(now) = GLOBAL.now() {
+            GLOBAL.decay(now);
+        }
+        if let Some(h) = *SHARED.lock() {
+            // SAFETY: the shared heap is used only under its lock.
+            unsafe { (*h.0.as_ptr()).decay() };
+        }
+    }
 }
 
 /// A test aid (`APEX_TEST_HANDOFF_FD=N`): the first cross-thread hand-off
@@ -184,19 +232,21 @@ fn ensure_global() {
     if env_on(c"APEX_VERBOSE") {
         print_config();
     }
+    start_background_purge();
 }
 
 fn print_config() {
     let o = &GLOBAL.options;
     let _ = writeln!(
         report::Stderr,
-        "apexalloc: active (segments {} MiB, purge delay {} ms, decommit {}, THP {}, segment cache {}, huge cache {} MiB)",
+        "apexalloc: active (segments {} MiB, purge delay {} ms, decommit {}, THP {}, segment cache {}, huge cache {} MiB, background purge {} ms)",
         apex_core::layout::SEGMENT_SIZE >> 20,
         o.purge_delay(),
         if provider::DECOMMIT_WITH_FREE.load(Ordering::Relaxed) { "MADV_FREE" } else { "MADV_DONTNEED" },
         if provider::HUGE_PAGES.load(Ordering::Relaxed) { "on" } else { "off" },
         o.segment_cache.load(Ordering::Relaxed),
         o.huge_cache_bytes.load(Ordering::Relaxed) >> 20,
+        BACKGROUND_PURGE_MS.load(Ordering::Relaxed),
     );
 }
 

@@ -130,6 +130,26 @@ fn huge_block_shrink_returns_its_tail() {
     run_program("huge_shrink.c", &[], Duration::from_secs(60));
 }
 
+/// A 384 MiB burst freed, then only sleep: with the background purge on,
+/// resident memory falls under half its peak within 3 s although the
+/// program never calls the allocator again.
+#[test]
+fn background_purge_returns_memory_of_an_idle_process() {
+    let alloc = allocator();
+    let exe = compile("idle_burst.c", &test_dir!("idle_burst"));
+    let mut cmd = Command::new(&exe);
+    cmd.arg("50").env("APEX_BACKGROUND_PURGE_MS", "50");
+    preload(&mut cmd, &alloc);
+    let out = run(&mut cmd, Duration::from_secs(60));
+    out.assert_success();
+    assert!(
+        out.stdout.contains("idle_burst: ok"),
+        "no success line:\n{}",
+        out.report()
+    );
+    eprintln!("{}", out.stdout.trim_end());
+}
+
 /// 50 forks while 4 threads hammer the allocator; every child must be able
 /// to allocate and exit.
 #[test]
