@@ -7,11 +7,21 @@
 use std::process::Command;
 use std::time::Duration;
 
-use apex_system_tests::{allocator, compile, preload, run, test_dir};
+use apex_system_tests::{allocator, compile, preload, run, test_dir, RunOutput};
 
 /// Compiles `source` and runs it preloaded with `args`, expecting exit 0
 /// and the program's `<name>: ok` line.
-fn run_program(source: &str, args: &[&str], timeout: Duration) {
+fn run_program(source: &str, args: &[&str], timeout: Duration) -> RunOutput {
+    run_program_env(source, args, &[], timeout)
+}
+
+/// [`run_program`] with extra environment variables.
+fn run_program_env(
+    source: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> RunOutput {
     let alloc = allocator();
     let name = source.trim_end_matches(".c");
     // One directory per program and arguments: tests of the same program
@@ -19,7 +29,7 @@ fn run_program(source: &str, args: &[&str], timeout: Duration) {
     let dir = format!("{name}-{}", args.join("-"));
     let exe = compile(source, &test_dir!(&dir));
     let mut cmd = Command::new(&exe);
-    cmd.args(args);
+    cmd.args(args).envs(env.iter().copied());
     preload(&mut cmd, &alloc);
     let out = run(&mut cmd, timeout);
     out.assert_success();
@@ -29,6 +39,7 @@ fn run_program(source: &str, args: &[&str], timeout: Duration) {
         out.report()
     );
     eprintln!("{}", out.stdout.trim_end());
+    out
 }
 
 /// 5M objects of 16-512 bytes allocated by one thread and freed by another;
@@ -73,20 +84,17 @@ fn thread_pool_churn_stays_bounded() {
 /// allocating without hanging.
 #[test]
 fn fork_during_cross_thread_handoff() {
-    let alloc = allocator();
-    let exe = compile("fork_handoff.c", &test_dir!("fork_handoff"));
-    let mut cmd = Command::new(&exe);
-    cmd.env("APEX_TEST_HANDOFF_FD", "100");
-    preload(&mut cmd, &alloc);
-    let out = run(&mut cmd, Duration::from_secs(60));
-    out.assert_success();
-    for line in ["fork_handoff: child ok", "fork_handoff: ok"] {
-        assert!(
-            out.stdout.contains(line),
-            "missing {line:?}:\n{}",
-            out.report()
-        );
-    }
+    let out = run_program_env(
+        "fork_handoff.c",
+        &[],
+        &[("APEX_TEST_HANDOFF_FD", "100")],
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.stdout.contains("fork_handoff: child ok"),
+        "the child did not finish:\n{}",
+        out.report()
+    );
 }
 
 /// Address-space exhaustion under an `RLIMIT_AS` cap: freed memory serves
@@ -135,19 +143,12 @@ fn huge_block_shrink_returns_its_tail() {
 /// program never calls the allocator again.
 #[test]
 fn background_purge_returns_memory_of_an_idle_process() {
-    let alloc = allocator();
-    let exe = compile("idle_burst.c", &test_dir!("idle_burst"));
-    let mut cmd = Command::new(&exe);
-    cmd.arg("50").env("APEX_BACKGROUND_PURGE_MS", "50");
-    preload(&mut cmd, &alloc);
-    let out = run(&mut cmd, Duration::from_secs(60));
-    out.assert_success();
-    assert!(
-        out.stdout.contains("idle_burst: ok"),
-        "no success line:\n{}",
-        out.report()
+    run_program_env(
+        "idle_burst.c",
+        &["50"],
+        &[("APEX_BACKGROUND_PURGE_MS", "50")],
+        Duration::from_secs(60),
     );
-    eprintln!("{}", out.stdout.trim_end());
 }
 
 /// 50 forks while 4 threads hammer the allocator; every child must be able
