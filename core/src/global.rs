@@ -415,20 +415,85 @@ impl Global {
     /// The caller holds `seg` (owns it, or took it off the abandoned list),
     /// and the span is free.
     pub unsafe fn decommit_free_span(&self, seg: *mut Segment, idx: usize, n: usize) -> usize {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.decommit_span_tail(seg, idx, n, idx) }
+    }
+
+    /// Decommits the touched slices of the free span at `idx` (`n` slices)
+    /// from slice `from` on; the span is clean afterwards only when `from`
+    /// is its start. Returns how many slices were decommitted.
+    ///
+    /// # Safety
+    /// As [`Global::decommit_free_span`], with `idx <= from <= idx + n`.
+    unsafe fn decommit_span_tail(
+        &self,
+        seg: *mut Segment,
+        idx: usize,
+        n: usize,
+        from: usize,
+    ) -> usize {
         let zero_after = self.caps().contains(Capabilities::ZERO_AFTER_DECOMMIT);
         // SAFETY: the caller's contract.
         let s = unsafe { &mut *seg };
         let base = s.base();
         let mut decommitted = 0;
-        s.take_resident(idx, n, |first, len| {
+        s.take_resident(from, idx + n - from, |first, len| {
             // SAFETY: a free span holds no live data.
             unsafe { self.decommit(base + first * SLICE_SIZE, len * SLICE_SIZE) };
             decommitted += len;
         });
-        let d = &mut s.slices[idx];
-        d.dirty = false;
-        d.span_is_zero = zero_after;
+        if from == idx {
+            let d = &mut s.slices[idx];
+            d.dirty = false;
+            d.span_is_zero = zero_after;
+        }
         decommitted
+    }
+
+    /// How many slices of `seg`'s dirty free spans may be resident.
+    ///
+    /// # Safety
+    /// The caller holds `seg`.
+    pub unsafe fn resident_free_slices(&self, seg: *mut Segment) -> usize {
+        // SAFETY: the caller's contract.
+        let s = unsafe { &*seg };
+        let mut total = 0;
+        s.for_each_span(|idx, len| {
+            let d = &s.slices[idx];
+            if d.kind == SpanKind::Free && d.dirty {
+                total += s.resident_count(idx, len);
+            }
+        });
+        total
+    }
+
+    /// Decommits the touched free slices of `seg` beyond the `keep`
+    /// lowest-addressed ones (heaps carve from low addresses first, so those
+    /// are the ones reused soonest).
+    ///
+    /// # Safety
+    /// The caller holds `seg` (owns it, or marked it `purging`).
+    pub unsafe fn trim_segment(&self, seg: *mut Segment, mut keep: usize) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let s = &mut *seg;
+            let mut idx = HEADER_SLICES;
+            while idx < SLICES_PER_SEGMENT {
+                let len = (s.slices[idx].slice_count as usize).max(1);
+                let d = &s.slices[idx];
+                if d.kind == SpanKind::Free && d.dirty {
+                    let mut from = idx;
+                    while keep > 0 && from < idx + len {
+                        if s.resident_count(from, 1) == 1 {
+                            keep -= 1;
+                        }
+                        from += 1;
+                    }
+                    self.decommit_span_tail(seg, idx, len, from);
+                }
+                idx += len;
+            }
+        }
     }
 
     /// The decay of what no heap owns: cached ranges older than the purge
@@ -455,17 +520,8 @@ impl Global {
     pub unsafe fn purge_segment(&self, seg: *mut Segment) {
         // SAFETY: the caller's contract.
         unsafe {
-            let s = &mut *seg;
-            s.purge_at = 0;
-            let mut idx = HEADER_SLICES;
-            while idx < SLICES_PER_SEGMENT {
-                let len = (s.slices[idx].slice_count as usize).max(1);
-                let d = &s.slices[idx];
-                if d.kind == SpanKind::Free && d.dirty {
-                    self.decommit_free_span(seg, idx, len);
-                }
-                idx += len;
-            }
+            (*seg).purge_at = 0;
+            self.trim_segment(seg, 0);
         }
     }
 

@@ -34,12 +34,18 @@ use crate::size_class::{
 use crate::span::SpanBins;
 use crate::stats::{bump, HeapStats, Snapshot};
 
-/// Bytes of fresh blocks carved per refill: small enough not to touch a
-/// whole slab at once, large enough to amortise the slow path.
-const EXTEND_BYTES: usize = 16 * 1024;
+/// Bytes of fresh blocks carved per refill: one page, so a thread that
+/// uses a few blocks of many classes touches a page per class, not a
+/// slab's worth (a short-lived thread's footprint is mostly this); still
+/// 256 blocks of the smallest class per slow path.
+const EXTEND_BYTES: usize = 4 * 1024;
 /// The least free memory a heap keeps resident for reuse (see
 /// `Heap::purge`).
 const PURGE_RESERVE_MIN: usize = 1 << 20;
+/// A segment given up at thread exit is trimmed to its resident reserve
+/// only once its free resident slices exceed the reserve by this many: a
+/// `madvise` per exiting thread would cost more than the memory it saves.
+const TRIM_SLACK: usize = 32;
 /// Check for decay every this many slow paths.
 const PURGE_CHECK_INTERVAL: u64 = 64;
 use crate::options::PURGE_MAX_DEFER;
@@ -1319,6 +1325,14 @@ impl Heap {
                     self.schedule_purge(seg);
                     if self.now >= (*seg).purge_at {
                         self.global.purge_segment(seg);
+                    } else {
+                        // Otherwise it keeps as many free slices resident
+                        // as it has used ones (the next owner's likely
+                        // need), the lowest ones, which are carved first.
+                        let keep = (*seg).used_slices.max(PURGE_RESERVE_MIN / SLICE_SIZE);
+                        if self.global.resident_free_slices(seg) > keep + TRIM_SLACK {
+                            self.global.trim_segment(seg, keep);
+                        }
                     }
                     (*seg).owner.store(0, Ordering::Release);
                     self.global.push_abandoned(seg);
@@ -1481,6 +1495,11 @@ impl Heap {
         }
     }
 
+    /// Free slices kept resident for reuse next to `used` used slices.
+    fn resident_reserve(used: usize) -> usize {
+        (used / 4).max(PURGE_RESERVE_MIN / SLICE_SIZE)
+    }
+
     /// Decommits dirty free spans of segments whose purge deadline has
     /// passed, beyond a resident reserve, and retires segments that are
     /// entirely free. With `force`, decommits every free span and retires
@@ -1523,7 +1542,7 @@ impl Heap {
         let keep = if force {
             0
         } else {
-            (used / 4).max(PURGE_RESERVE_MIN / SLICE_SIZE)
+            Self::resident_reserve(used)
         };
         let mut excess = dirty.saturating_sub(keep);
         if excess > 0 {

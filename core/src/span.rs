@@ -81,7 +81,13 @@ impl SpanBins {
         }
     }
 
-    /// Removes and returns a span of at least `n` slices, if any.
+    /// Removes and returns a span of at least `n` slices, if any: the
+    /// lowest-addressed fitting span of the first bin that has one.
+    /// Address order keeps a heap's spans packed at the low end of its
+    /// segments, so the memory it touches over time stays close to what it
+    /// uses at once instead of wandering over whole segments (and the
+    /// resident reserve a segment keeps, its lowest free slices, is what
+    /// gets reused).
     ///
     /// # Safety
     /// Every linked descriptor must be valid.
@@ -89,22 +95,40 @@ impl SpanBins {
         let b = bin_of(n);
         // SAFETY: linked descriptors are valid (caller's invariant).
         unsafe {
-            let mut cur = self.heads[b];
-            while !cur.is_null() {
-                if (*cur).slice_count as usize >= n {
-                    self.remove(cur);
-                    return cur;
+            let mut span = Self::lowest(self.heads[b], n);
+            if span.is_null() {
+                let higher = self.nonempty & !((2u64 << b) - 1);
+                if higher == 0 {
+                    return ptr::null_mut();
                 }
-                cur = (*cur).next;
+                span = Self::lowest(self.heads[higher.trailing_zeros() as usize], n);
             }
-            let higher = self.nonempty & !((2u64 << b) - 1);
-            if higher == 0 {
-                return ptr::null_mut();
-            }
-            let span = self.heads[higher.trailing_zeros() as usize];
             self.remove(span);
             span
         }
+    }
+
+    /// The lowest-addressed span of at least `n` slices among the first
+    /// `SCAN_LIMIT` of a bin's list (a bound, so a heap with thousands of
+    /// equal fragments does not pay a long walk per carve).
+    ///
+    /// # Safety
+    /// Every linked descriptor must be valid.
+    unsafe fn lowest(mut cur: *mut Page, n: usize) -> *mut Page {
+        const SCAN_LIMIT: usize = 32;
+        let mut best: *mut Page = ptr::null_mut();
+        let mut seen = 0;
+        // SAFETY: the caller's contract.
+        unsafe {
+            while !cur.is_null() && (seen < SCAN_LIMIT || best.is_null()) {
+                seen += 1;
+                if (*cur).slice_count as usize >= n && (best.is_null() || cur < best) {
+                    best = cur;
+                }
+                cur = (*cur).next;
+            }
+        }
+        best
     }
 
     /// Calls `f` on every binned span; `f` may not relink spans.

@@ -21,6 +21,12 @@
 #define BLOCKS (CLASSES * PER_CLASS)
 #define HANDED_OVER (BLOCKS / 2)
 
+/* With BARRIER=1 in the environment, every thread of a wave holds its blocks
+ * until all of the wave have allocated: exactly WAVE threads are alive at
+ * once, whatever the scheduler does, so peaks compare across runs. */
+static pthread_barrier_t wave_barrier;
+static int use_barrier;
+
 struct job {
     void *left[HANDED_OVER];
     size_t left_size[HANDED_OVER];
@@ -44,6 +50,7 @@ static void *worker(void *arg) {
         CHECK(obj[i] != NULL);
         fill_pattern(obj[i], 64 < size[i] ? 64 : size[i], pattern_seed(obj[i], size[i]));
     }
+    if (use_barrier) pthread_barrier_wait(&wave_barrier);
     /* Odd blocks are freed here, even ones by the main thread. */
     int h = 0;
     for (int i = 0; i < BLOCKS; i++) {
@@ -94,8 +101,10 @@ int main(int argc, char **argv) {
     size_t warmup = total / 5, step = total / checkpoints, next = step;
     struct vm base = {0, 0, 0}, v;
     size_t started = 0;
+    use_barrier = getenv("BARRIER") && atoi(getenv("BARRIER"));
     while (started < total) {
         size_t n = total - started < wave ? total - started : wave;
+        if (use_barrier) CHECK(pthread_barrier_init(&wave_barrier, NULL, (unsigned)n) == 0);
         for (size_t t = 0; t < n; t++)
             CHECK(pthread_create(&threads[t], NULL, worker, &jobs[t]) == 0);
         for (size_t t = 0; t < n; t++) {
@@ -107,6 +116,7 @@ int main(int argc, char **argv) {
                 free(p);
             }
         }
+        if (use_barrier) pthread_barrier_destroy(&wave_barrier);
         size_t before = started;
         started += n;
         if (before < warmup && started >= warmup) base = vm_now();
