@@ -68,6 +68,23 @@ impl KernelAlloc {
         Self::run(self.global, &mut self.shared.lock(), f)
     }
 
+    /// Runs `f` on the shared heap (the fallback when the CPU's own heap
+    /// cannot get memory: its segments may be elsewhere).
+    fn with_shared(&self, f: impl FnOnce(&mut Heap) -> *mut u8) -> *mut u8 {
+        Self::run(self.global, &mut self.shared.lock(), f).unwrap_or(ptr::null_mut())
+    }
+
+    /// `p`, or when it is null, `f` on the shared heap: a CPU whose heap
+    /// cannot get a segment of its own still allocates from the segments
+    /// the shared heap has.
+    fn or_shared(&self, p: *mut u8, f: impl FnOnce(&mut Heap) -> *mut u8) -> *mut u8 {
+        if p.is_null() {
+            self.with_shared(f)
+        } else {
+            p
+        }
+    }
+
     fn run<R>(
         global: &'static Global,
         slot: &mut HeapSlot,
@@ -103,25 +120,25 @@ impl KernelAlloc {
 // `realloc` keeps the contents up to the smaller size.
 unsafe impl GlobalAlloc for KernelAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.with_heap(|h| {
+        let f = |h: &mut Heap| {
             if layout.align() <= MIN_ALIGN {
                 h.malloc(layout.size())
             } else {
                 h.malloc_aligned(layout.size(), layout.align())
             }
-        })
-        .unwrap_or(ptr::null_mut())
+        };
+        self.or_shared(self.with_heap(f).unwrap_or(ptr::null_mut()), f)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        self.with_heap(|h| {
+        let f = |h: &mut Heap| {
             if layout.align() <= MIN_ALIGN {
                 h.zalloc(layout.size())
             } else {
                 h.zalloc_aligned(layout.size(), layout.align())
             }
-        })
-        .unwrap_or(ptr::null_mut())
+        };
+        self.or_shared(self.with_heap(f).unwrap_or(ptr::null_mut()), f)
     }
 
     unsafe fn dealloc(&self, p: *mut u8, _layout: Layout) {
@@ -132,12 +149,17 @@ unsafe impl GlobalAlloc for KernelAlloc {
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if layout.align() <= MIN_ALIGN {
             // SAFETY: `p` is a live block of this allocator.
-            return self
+            let q = self
                 .with_heap(|h| unsafe { h.realloc(p, new_size) })
                 .unwrap_or(ptr::null_mut());
+            if !q.is_null() {
+                return q;
+            }
+            // The CPU's heap is out of memory: move the block through
+            // `alloc`, which falls back to the shared heap.
         }
-        // Over-aligned: the core's realloc only guarantees 16 bytes, so
-        // move to a new block with the same alignment.
+        // Over-aligned (the core's realloc only guarantees 16 bytes) or out
+        // of memory above: move to a new block with the same alignment.
         // SAFETY: `p` is a live block of this allocator.
         if new_size <= unsafe { apex_core::usable_size(p) } && new_size >= layout.size() / 2 {
             return p;

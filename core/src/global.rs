@@ -400,9 +400,13 @@ impl Global {
     /// # Safety
     /// `seg` must be a live segment with `owner == 0` that no heap links.
     pub unsafe fn push_abandoned(&self, seg: *mut Segment) {
+        let now = self.now().unwrap_or(0);
         let mut list = self.abandoned.lock();
         // SAFETY: exclusive access to `seg` is handed over.
-        unsafe { (*seg).next = list.head };
+        unsafe {
+            (*seg).abandoned_at = now;
+            (*seg).next = list.head;
+        }
         list.head = seg;
         self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
     }
@@ -544,48 +548,108 @@ impl Global {
                 return;
             }
             let mut batch = [ptr::null_mut::<Segment>(); BATCH];
-            let mut n = 0;
-            // A child forked while segments are marked would wait for ever
-            // in `pop_abandoned`, so the marks are made and cleared under a
-            // fork guard. The guard comes first and the lock is only tried:
-            // `lock_all` holds the lock while it waits for guards to end.
-            let _guard = self.fork_guard();
-            let Some(list) = self.abandoned.try_lock() else {
-                drop(_guard);
-                core::hint::spin_loop();
-                continue;
-            };
-            let mut seg = list.head;
-            while !seg.is_null() && n < BATCH {
-                // SAFETY: listed segments are held by nobody; the list
-                // lock serialises every access to their purge fields.
+            let mut empties = [ptr::null_mut::<Segment>(); BATCH];
+            let (mut n, mut e) = (0, 0);
+            {
+                // A child forked while segments are marked would wait for
+                // ever in `pop_abandoned`, so the marks are made and cleared
+                // under a fork guard. The guard comes first and the lock is
+                // only tried: `lock_all` holds the lock while it waits for
+                // guards to end.
+                let _guard = self.fork_guard();
+                let Some(mut list) = self.abandoned.try_lock() else {
+                    drop(_guard);
+                    core::hint::spin_loop();
+                    continue;
+                };
+                let mut link: *mut *mut Segment = &mut list.head;
+                // SAFETY: listed segments are held by nobody; the list lock
+                // serialises every access to their purge fields and links.
                 unsafe {
-                    let s = &mut *seg;
-                    // `purge_at == 0`: purged already; an abandoned
-                    // segment gains no free spans until it is adopted.
-                    if s.purge_at != 0 && (force || now >= s.purge_at.saturating_add(delay)) {
-                        s.purge_at = 0;
-                        s.purging.store(true, Ordering::Relaxed);
-                        batch[n] = seg;
-                        n += 1;
+                    while !(*link).is_null() && n < BATCH && e < BATCH {
+                        let seg = *link;
+                        let s = &mut *seg;
+                        let idle = force || now >= s.abandoned_at.saturating_add(delay);
+                        if idle && Self::all_blocks_freed(s) {
+                            // Nobody will free into it again: take it off
+                            // the list and release it below.
+                            *link = s.next;
+                            self.stats.abandoned.fetch_sub(1, Ordering::Relaxed);
+                            empties[e] = seg;
+                            e += 1;
+                            continue;
+                        }
+                        // `purge_at == 0`: purged already; an abandoned
+                        // segment gains no free spans until it is adopted.
+                        if s.purge_at != 0 && (force || now >= s.purge_at.saturating_add(delay)) {
+                            s.purge_at = 0;
+                            s.purging.store(true, Ordering::Relaxed);
+                            batch[n] = seg;
+                            n += 1;
+                        }
+                        link = &mut s.next;
                     }
-                    seg = s.next;
+                }
+                drop(list);
+                for &seg in &batch[..n] {
+                    // SAFETY: marked `purging`, so nobody else touches the
+                    // segment's spans until the mark clears; remote freers
+                    // touch only the `thread_free` words of used spans.
+                    unsafe {
+                        self.purge_segment(seg);
+                        (*seg).purging.store(false, Ordering::Release);
+                    }
                 }
             }
-            drop(list);
-            for &seg in &batch[..n] {
-                // SAFETY: marked `purging`, so nobody else touches the
-                // segment's spans until the mark clears; remote freers touch
-                // only the `thread_free` words of used spans.
-                unsafe {
-                    self.purge_segment(seg);
-                    (*seg).purging.store(false, Ordering::Release);
-                }
+            // Outside the guard: retiring takes the cache lock.
+            for &seg in &empties[..e] {
+                // SAFETY: unlisted above, so exclusively ours; every block
+                // in it is free.
+                unsafe { self.release_abandoned(seg) };
             }
-            if n < BATCH {
+            if n < BATCH && e < BATCH {
                 return;
             }
         }
+    }
+
+    /// Whether every block of an abandoned segment has been freed by other
+    /// threads since it was abandoned.
+    fn all_blocks_freed(s: &Segment) -> bool {
+        let mut all = true;
+        s.for_each_span(|idx, _| {
+            let d = &s.slices[idx];
+            if matches!(d.kind, SpanKind::Slab | SpanKind::Large) && !d.all_freed_remotely() {
+                all = false;
+            }
+        });
+        all
+    }
+
+    /// Retires an abandoned segment all of whose blocks were freed: its used
+    /// spans become free and it goes to the cache like any empty segment.
+    ///
+    /// # Safety
+    /// `seg` is off the abandoned list, exclusively the caller's, and
+    /// [`Global::all_blocks_freed`] holds for it.
+    unsafe fn release_abandoned(&self, seg: *mut Segment) {
+        // SAFETY: the caller's contract.
+        let s = unsafe { &mut *seg };
+        let mut freed = 0;
+        let mut idx = HEADER_SLICES;
+        while idx < SLICES_PER_SEGMENT {
+            let len = (s.slices[idx].slice_count as usize).max(1);
+            if matches!(s.slices[idx].kind, SpanKind::Slab | SpanKind::Large) {
+                s.slices[idx].thread_free.store(0, Ordering::Relaxed);
+                s.mark_free(idx, len, true, false);
+                freed += len;
+            }
+            idx += len;
+        }
+        s.used_slices -= freed;
+        self.stats.sub_active(freed * SLICE_SIZE);
+        // SAFETY: a normal segment with no used span, owned by nobody.
+        unsafe { self.retire_segment(seg) };
     }
 
     /// Pops an abandoned segment for adoption.

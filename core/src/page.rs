@@ -385,6 +385,13 @@ impl Page {
         }
     }
 
+    /// Whether every block handed out of this span has come back through
+    /// `thread_free` (counted in the word itself, no block is read): the
+    /// span of an abandoned segment can then be freed as a whole.
+    pub fn all_freed_remotely(&self) -> bool {
+        tf_count(self.thread_free.load(Ordering::Acquire)) == self.used
+    }
+
     /// Head of the remote list without taking it (for checks by the owner,
     /// who is the only one that ever removes blocks from it).
     pub fn peek_thread_free(&self) -> *mut Block {

@@ -36,6 +36,10 @@ pub struct Segment {
     /// only by the segment's holder.
     pub purge_at: u64,
     pub purge_first: u64,
+    /// When the segment was last abandoned (clock ms, or 0 without a
+    /// clock): a segment abandoned for long enough whose blocks have all
+    /// been freed is released (see `Global::purge_abandoned`).
+    pub abandoned_at: u64,
     /// One bit per slice that may hold resident pages: set when a span is
     /// handed out, cleared when its slices are decommitted. Merging free
     /// spans loses where their dirty parts were; this keeps it, so decay
@@ -92,6 +96,7 @@ impl Segment {
             (*seg).used_slices = 0;
             (*seg).purge_at = 0;
             (*seg).purge_first = 0;
+            (*seg).abandoned_at = 0;
             (*seg).resident = [0; RESIDENT_WORDS];
             (*seg).purging = AtomicBool::new(false);
             (*seg).next = ptr::null_mut();

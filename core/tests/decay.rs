@@ -149,3 +149,44 @@ fn abandoned_segments_are_purged_without_adoption() {
     // SAFETY: live block from the exited heap.
     unsafe { other.free(live) };
 }
+
+#[test]
+fn abandoned_segments_whose_blocks_were_all_freed_are_released() {
+    let (p, g) = instance_with_clock();
+    g.options.purge_delay.store(DELAY_MS, Ordering::Relaxed);
+    let exiting = Heap::create(g).expect("heap");
+    // Blocks of several classes, one large block, all left live at exit.
+    // SAFETY: the heap is used only here, by this thread.
+    let live: Vec<*mut u8> = unsafe {
+        let h = &mut *exiting.as_ptr();
+        let mut v: Vec<*mut u8> = (0..300).map(|i| h.malloc(16 + i * 40)).collect();
+        v.push(h.malloc(700 * 1024));
+        v
+    };
+    assert!(live.iter().all(|b| !b.is_null()));
+    // SAFETY: nothing uses the heap afterwards; the blocks stay valid.
+    unsafe { Heap::destroy(exiting) };
+    assert_eq!(snapshot(g).abandoned, 1);
+    let segments = snapshot(g).segments;
+    let hb = HeapBox::new(g);
+    let other = hb.get();
+    // Every block but one freed by another thread: the segment stays.
+    for &b in &live[1..] {
+        // SAFETY: live blocks, freed once.
+        unsafe { other.free(b) };
+    }
+    p.advance(100 * DELAY_MS);
+    other.decay();
+    assert_eq!(snapshot(g).abandoned, 1, "released with a block still live");
+    // The last one: the segment is released without being adopted.
+    // SAFETY: the last live block.
+    unsafe { other.free(live[0]) };
+    other.decay();
+    let s = snapshot(g);
+    assert_eq!(
+        s.abandoned, 0,
+        "a segment with no live block stays abandoned"
+    );
+    assert_eq!(s.adopted_total, 0, "it was adopted, not released");
+    assert_eq!(s.segments, segments - 1);
+}
