@@ -23,6 +23,7 @@ use crate::layout::{
     align_up, segment_base_of, LARGE_MAX, MAX_CLASS_SIZE, MIN_ALIGN, SEGMENT_MASK, SEGMENT_SIZE,
     SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE,
 };
+use crate::options::PURGE_MAX_DEFER;
 use crate::page::{self, Block, Notify, Page, RemotePush, SpanKind, TAG_QUEUED_SLAB};
 use crate::provider::PAGE_SIZE;
 use crate::segment::{Segment, HEADER_SLICES};
@@ -48,7 +49,6 @@ const PURGE_RESERVE_MIN: usize = 1 << 20;
 const TRIM_SLACK: usize = 32;
 /// Check for decay every this many slow paths.
 const PURGE_CHECK_INTERVAL: u64 = 64;
-use crate::options::PURGE_MAX_DEFER;
 
 #[derive(Clone, Copy)]
 struct PageQueue {
@@ -1316,24 +1316,7 @@ impl Heap {
                     (*seg).owner.store(0, Ordering::Release);
                     self.global.retire_segment(seg);
                 } else {
-                    // Free memory whose purge is due goes back now: under
-                    // thread churn a segment passes from heap to heap, each
-                    // living too short a time to run its own decay check,
-                    // and every owner leaves a few more touched slices.
-                    // The rest is purged while abandoned if nobody adopts
-                    // it in time (see `Global::purge_abandoned`).
-                    self.schedule_purge(seg);
-                    if self.now >= (*seg).purge_at {
-                        self.global.purge_segment(seg);
-                    } else {
-                        // Otherwise it keeps as many free slices resident
-                        // as it has used ones (the next owner's likely
-                        // need), the lowest ones, which are carved first.
-                        let keep = (*seg).used_slices.max(PURGE_RESERVE_MIN / SLICE_SIZE);
-                        if self.global.resident_free_slices(seg) > keep + TRIM_SLACK {
-                            self.global.trim_segment(seg, keep);
-                        }
-                    }
+                    self.trim_before_abandoning(seg);
                     (*seg).owner.store(0, Ordering::Release);
                     self.global.push_abandoned(seg);
                 }
@@ -1345,6 +1328,32 @@ impl Heap {
             q.last = ptr::null_mut();
         }
         self.direct = [empty_page(); DIRECT_SLOTS];
+    }
+
+    /// Returns free memory of a segment about to be abandoned. Under thread
+    /// churn a segment passes from heap to heap, each living too short a
+    /// time to run its own decay check, and each owner touches a few more
+    /// slices: memory whose purge is due goes back now, and otherwise the
+    /// segment keeps as many free slices resident as it has used ones (the
+    /// next owner's likely need; the lowest, which are carved first). The
+    /// rest is purged while abandoned if nobody adopts it in time (see
+    /// `Global::purge_abandoned`).
+    ///
+    /// # Safety
+    /// `seg` is an own segment, swept, about to be abandoned.
+    unsafe fn trim_before_abandoning(&mut self, seg: *mut Segment) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            self.schedule_purge(seg);
+            if self.now >= (*seg).purge_at {
+                self.global.purge_segment(seg);
+                return;
+            }
+            let keep = (*seg).used_slices.max(PURGE_RESERVE_MIN / SLICE_SIZE);
+            if self.global.resident_free_slices(seg) > keep + TRIM_SLACK {
+                self.global.trim_segment(seg, keep);
+            }
+        }
     }
 
     /// Takes over an abandoned segment with its live blocks.
@@ -1495,11 +1504,6 @@ impl Heap {
         }
     }
 
-    /// Free slices kept resident for reuse next to `used` used slices.
-    fn resident_reserve(used: usize) -> usize {
-        (used / 4).max(PURGE_RESERVE_MIN / SLICE_SIZE)
-    }
-
     /// Decommits dirty free spans of segments whose purge deadline has
     /// passed, beyond a resident reserve, and retires segments that are
     /// entirely free. With `force`, decommits every free span and retires
@@ -1542,7 +1546,7 @@ impl Heap {
         let keep = if force {
             0
         } else {
-            Self::resident_reserve(used)
+            (used / 4).max(PURGE_RESERVE_MIN / SLICE_SIZE)
         };
         let mut excess = dirty.saturating_sub(keep);
         if excess > 0 {
