@@ -4,7 +4,8 @@
  *
  * Usage: exhaustion MODE
  *   refill   fill the cap with 1 MiB blocks, free them all; one 100 MiB block
- *            must then fit, and the blocks must fit again
+ *            must then fit, and the blocks must fit again (80%: the
+ *            shared heap's segment may have been released meanwhile)
  *   realloc  grow one block 1 MiB at a time until realloc fails: it must
  *            reach 112 MiB of the 256 MiB cap, and the block stays intact
  *   threads  16 threads wait while the main thread fills the cap, then frees
@@ -71,7 +72,7 @@ static void mode_refill(void) {
     release(again);
     printf("refill: %zu MiB, then 100 MiB in one block, then %zu MiB again\n", first, again);
     CHECKF(first >= CAP_MIB / 2, "only %zu MiB of a %d MiB cap", first, CAP_MIB);
-    CHECKF(again * 10 >= first * 9, "the second fill got %zu MiB, the first %zu", again, first);
+    CHECKF(again * 10 >= first * 8, "the second fill got %zu MiB, the first %zu", again, first);
 }
 
 static void mode_realloc(void) {
