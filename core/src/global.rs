@@ -14,10 +14,10 @@ use spin::Mutex;
 use crate::fatal::{self, Misuse};
 use crate::layout::{align_up, SEGMENT_SIZE, SLICES_PER_SEGMENT, SLICE_SIZE};
 use crate::options::Options;
-use crate::page::SpanKind;
 use crate::provider::{Capabilities, PageProvider, PAGE_SIZE};
 use crate::segment::{Segment, HEADER_SLICES};
 use crate::segment_map;
+use crate::span::SpanKind;
 use crate::stats::{GlobalStats, HeapStats, Snapshot};
 
 const CACHE_SLOTS: usize = 16;
@@ -619,7 +619,8 @@ impl Global {
         let mut all = true;
         s.for_each_span(|idx, _| {
             let d = &s.slices[idx];
-            if matches!(d.kind, SpanKind::Slab | SpanKind::Large) && !d.all_freed_remotely() {
+            if matches!(d.kind, SpanKind::Slab | SpanKind::Large) && d.thread_free.count() != d.used
+            {
                 all = false;
             }
         });
@@ -640,7 +641,7 @@ impl Global {
         while idx < SLICES_PER_SEGMENT {
             let len = (s.slices[idx].slice_count as usize).max(1);
             if matches!(s.slices[idx].kind, SpanKind::Slab | SpanKind::Large) {
-                s.slices[idx].thread_free.store(0, Ordering::Relaxed);
+                s.slices[idx].thread_free.reset();
                 s.mark_free(idx, len, true, false);
                 freed += len;
             }

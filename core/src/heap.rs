@@ -15,8 +15,10 @@
 
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::Ordering;
 
+use crate::bins::SpanBins;
+use crate::block::{next_of, Block};
 use crate::fatal::Misuse;
 use crate::global::Global;
 use crate::layout::{
@@ -24,15 +26,15 @@ use crate::layout::{
     SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE,
 };
 use crate::options::PURGE_MAX_DEFER;
-use crate::page::{self, Block, Notify, Page, RemotePush, SpanKind, TAG_QUEUED_SLAB};
 use crate::provider::PAGE_SIZE;
+use crate::remote::{DelayedList, Notify, RemotePush};
 use crate::segment::{Segment, HEADER_SLICES};
 use crate::segment_map;
 use crate::size_class::{
     class_for_aligned, class_of, direct_index, direct_slots, CLASSES, DIRECT_CLASSES, DIRECT_MAX,
     DIRECT_SLOTS, NUM_CLASSES,
 };
-use crate::span::SpanBins;
+use crate::span::{Span, SpanKind, TAG_QUEUED_SLAB};
 use crate::stats::{bump, HeapStats, Snapshot};
 
 /// Bytes of fresh blocks carved per refill: one page, so a thread that
@@ -52,21 +54,21 @@ const PURGE_CHECK_INTERVAL: u64 = 64;
 
 #[derive(Clone, Copy)]
 struct PageQueue {
-    first: *mut Page,
-    last: *mut Page,
+    first: *mut Span,
+    last: *mut Span,
 }
 
 /// A descriptor that never has free blocks: the direct-table entry of a
 /// class with no queued page, so the malloc fast path needs no null check.
 /// Nothing ever writes to it (a page is only written after a block was
 /// found on its free list).
-struct EmptyPage(core::cell::UnsafeCell<Page>);
+struct EmptyPage(core::cell::UnsafeCell<Span>);
 // SAFETY: the page is never written, only read.
 unsafe impl Sync for EmptyPage {}
-static EMPTY_PAGE: EmptyPage = EmptyPage(core::cell::UnsafeCell::new(Page::EMPTY));
+static EMPTY_PAGE: EmptyPage = EmptyPage(core::cell::UnsafeCell::new(Span::EMPTY));
 
 #[inline(always)]
-fn empty_page() -> *mut Page {
+fn empty_page() -> *mut Span {
     EMPTY_PAGE.0.get()
 }
 
@@ -75,7 +77,7 @@ pub struct Heap {
     /// For requests up to `DIRECT_MAX` bytes, by `direct_index(size)`: the
     /// first page of the class's queue, or the always-empty page. Kept in
     /// step with `queues` by the queue operations.
-    direct: [*mut Page; DIRECT_SLOTS],
+    direct: [*mut Span; DIRECT_SLOTS],
     queues: [PageQueue; NUM_CLASSES],
     key: usize,
     global: &'static Global,
@@ -83,7 +85,7 @@ pub struct Heap {
     /// Owned segments, linked through `Segment::next/prev`.
     segments: *mut Segment,
     /// Blocks freed by other threads into full pages (see `page.rs`).
-    delayed: AtomicUsize,
+    delayed: DelayedList,
     tick: u64,
     /// Time of the last decay check (clock ms, or ticks / interval).
     now: u64,
@@ -96,7 +98,7 @@ pub struct Heap {
 /// What a pointer handed to `free`/`realloc` turned out to be.
 enum Found {
     /// A live block: its span descriptor and usable bytes.
-    Block(*mut Page, usize),
+    Block(*mut Span, usize),
     /// Inside the heap but not a live block start.
     Invalid(Misuse),
 }
@@ -147,7 +149,7 @@ impl Heap {
                 global,
                 bins: SpanBins::new(),
                 segments: ptr::null_mut(),
-                delayed: AtomicUsize::new(0),
+                delayed: DelayedList::new(),
                 tick: 0,
                 // Without a clock, time counts purge checks from 1, so 0
                 // never reads as a time that has passed.
@@ -297,7 +299,7 @@ impl Heap {
     /// # Safety
     /// `page` must be a queued page of this heap or the empty page.
     #[inline(always)]
-    unsafe fn pop_block(&mut self, page: *mut Page) -> *mut u8 {
+    unsafe fn pop_block(&mut self, page: *mut Span) -> *mut u8 {
         // SAFETY: the caller's contract; the empty page has no free blocks,
         // so it is never written.
         unsafe {
@@ -324,7 +326,7 @@ impl Heap {
     /// # Safety
     /// As [`Heap::pop_block`].
     #[inline(always)]
-    unsafe fn pop_counted(&mut self, page: *mut Page) -> *mut u8 {
+    unsafe fn pop_counted(&mut self, page: *mut Span) -> *mut u8 {
         // SAFETY: forwarded from the caller.
         unsafe {
             let b = self.pop_block(page);
@@ -446,7 +448,7 @@ impl Heap {
                 // Full: leave the queue and ask remote freers to tell us.
                 self.queue_remove(c, page);
                 (*page).in_full = true;
-                if !(*page).set_notify(Notify::Notify) {
+                if !(*page).thread_free.set_notify(Notify::Notify) {
                     // Remote frees arrived meanwhile; revisit it later.
                     (*page).in_full = false;
                     self.queue_push_back(c, page);
@@ -463,13 +465,13 @@ impl Heap {
     ///
     /// # Safety
     /// `c` must be a size class.
-    unsafe fn new_slab(&mut self, c: usize) -> Option<*mut Page> {
+    unsafe fn new_slab(&mut self, c: usize) -> Option<*mut Span> {
         let info = CLASSES[c];
         let (seg, idx) = self.take_span(info.slices, SLICE_SIZE, SpanKind::Slab)?;
         // SAFETY: the span was just carved from an owned segment.
         unsafe {
             let start = (*seg).slice_addr(idx);
-            let page: *mut Page = &mut (*seg).slices[idx];
+            let page: *mut Span = &mut (*seg).slices[idx];
             let p = &mut *page;
             p.class = c as u8;
             p.set_block_size(info.block_size);
@@ -478,7 +480,7 @@ impl Heap {
             p.used = 0;
             p.free = ptr::null_mut();
             p.local_free = ptr::null_mut();
-            p.thread_free.store(0, Ordering::Relaxed);
+            p.thread_free.reset();
             p.in_full = false;
             p.start = start;
             p.extend(self.key, EXTEND_BYTES);
@@ -532,8 +534,7 @@ impl Heap {
             p.local_free = ptr::null_mut();
             // A large block is always "full": remote frees notify us.
             p.in_full = true;
-            p.thread_free
-                .store(Notify::Notify as usize, Ordering::Release);
+            p.thread_free.arm();
             if zero && !p.span_is_zero {
                 ptr::write_bytes(p.start as *mut u8, 0, size);
             }
@@ -589,12 +590,12 @@ impl Heap {
             // `segment_base_of` maps to this segment from outside it (its
             // end) lands on the header's descriptor, which is never a slab.
             let idx = (addr >> SLICE_SHIFT) & (SLICES_PER_SEGMENT - 1);
-            let d: *mut Page = (*seg).slices.as_mut_ptr().add(idx);
+            let d: *mut Span = (*seg).slices.as_mut_ptr().add(idx);
             if (*d).tag() != TAG_QUEUED_SLAB || !(*d).is_block_offset(addr - (*d).start) {
                 return false;
             }
             let b = p as *mut Block;
-            let link = page::next_of(b, self.key) as usize;
+            let link = next_of(b, self.key) as usize;
             // A free block's link is null or points into its segment; live
             // blocks have their link cleared at allocation, so seeing one is
             // rare enough to confirm out of line, by scanning the page.
@@ -639,10 +640,10 @@ impl Heap {
     /// # Safety
     /// `b` must be a block start of the slab `page`, owned by this heap.
     #[inline(always)]
-    unsafe fn free_to_own_slab(&mut self, page: *mut Page, b: *mut Block) {
+    unsafe fn free_to_own_slab(&mut self, page: *mut Span, b: *mut Block) {
         // SAFETY: the caller guarantees `page` is our slab holding `b`.
         unsafe {
-            let link = page::next_of(b, self.key) as usize;
+            let link = next_of(b, self.key) as usize;
             // A free block's link is null or points into its segment; live
             // blocks have their link cleared at allocation, so seeing one is
             // rare enough to confirm out of line, by scanning the page.
@@ -662,7 +663,7 @@ impl Heap {
     /// looks like a link, freed normally.
     #[cold]
     #[inline(never)]
-    unsafe fn free_suspected_double(&mut self, page: *mut Page, b: *mut Block) {
+    unsafe fn free_suspected_double(&mut self, page: *mut Span, b: *mut Block) {
         // SAFETY: the caller passes our slab and a block start in it.
         unsafe {
             if (*page).list_contains(b, self.key) {
@@ -717,7 +718,7 @@ impl Heap {
                 return;
             }
             bump(&self.stats.remote_frees, 1);
-            if (*page).push_thread_free(b, self.key, false) == RemotePush::MustNotify {
+            if (*page).thread_free.push(b, self.key, false) == RemotePush::MustNotify {
                 self.hand_over(page, seg, b);
             }
         }
@@ -729,22 +730,22 @@ impl Heap {
     /// the page `Notifying` for ever), hence the fork guard around them.
     #[cold]
     #[inline(never)]
-    unsafe fn hand_over(&mut self, page: *mut Page, seg: *mut Segment, b: *mut Block) {
+    unsafe fn hand_over(&mut self, page: *mut Span, seg: *mut Segment, b: *mut Block) {
         let _guard = self.global.fork_guard();
         // SAFETY: `b` is a live block of `page` given up by the caller;
         // while we hold `Notifying` the owner cannot go away.
         unsafe {
-            if (*page).push_thread_free(b, self.key, true) == RemotePush::Notifying {
+            if (*page).thread_free.push(b, self.key, true) == RemotePush::Notifying {
                 self.global.run_handoff_hook();
                 let owner = (*seg).owner.load(Ordering::Acquire) as *const Heap;
-                (*owner).push_delayed(b);
-                (*page).end_notifying();
+                (*owner).delayed.push(b, (*owner).key);
+                (*page).thread_free.end_notifying();
             }
         }
     }
 
     /// Frees a block of a page this heap owns (slab or large).
-    unsafe fn free_own_block(&mut self, page: *mut Page, b: *mut Block) {
+    unsafe fn free_own_block(&mut self, page: *mut Span, b: *mut Block) {
         // SAFETY: the caller guarantees `page` is ours and `b` live in it.
         unsafe {
             if (*page).kind == SpanKind::Large {
@@ -761,13 +762,13 @@ impl Heap {
 
     /// A local free emptied a page or hit a parked full page.
     #[cold]
-    unsafe fn after_local_free(&mut self, page: *mut Page) {
+    unsafe fn after_local_free(&mut self, page: *mut Span) {
         // SAFETY: `page` is an own slab.
         unsafe {
             let c = (*page).class as usize;
             if (*page).in_full {
                 (*page).in_full = false;
-                (*page).set_notify(Notify::Normal);
+                (*page).thread_free.set_notify(Notify::Normal);
                 self.queue_push_back(c, page);
             }
             if (*page).used == 0 {
@@ -787,12 +788,12 @@ impl Heap {
     }
 
     /// Returns an empty (unqueued) page's span to the free bins.
-    unsafe fn retire_page(&mut self, page: *mut Page) {
+    unsafe fn retire_page(&mut self, page: *mut Span) {
         // SAFETY: `page` is an own, empty, unqueued span.
         unsafe {
             // Wait out a remote thread still finishing a notification.
-            (*page).set_notify(Notify::Normal);
-            (*page).thread_free.store(0, Ordering::Relaxed);
+            (*page).thread_free.set_notify(Notify::Normal);
+            (*page).thread_free.reset();
             (*page).in_full = false;
             let seg = ((page as usize) & !SEGMENT_MASK) as *mut Segment;
             let idx = (*seg).index_of(page);
@@ -845,34 +846,13 @@ impl Heap {
         }
     }
 
-    /// Pushes a block onto this heap's delayed-free list (any thread).
-    fn push_delayed(&self, b: *mut Block) {
-        let mut head = self.delayed.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: `b` is a block given up by the caller.
-            unsafe { page::set_next(b, head as *mut Block, self.key) };
-            match self.delayed.compare_exchange_weak(
-                head,
-                b as usize,
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return,
-                Err(h) => head = h,
-            }
-        }
-    }
-
     /// Frees every block other threads handed us through `delayed`.
     fn drain_delayed(&mut self) {
-        if self.delayed.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        let mut b = self.delayed.swap(0, Ordering::Acquire) as *mut Block;
+        let mut b = self.delayed.take();
         while !b.is_null() {
             // SAFETY: delayed blocks are live blocks of our own pages.
             unsafe {
-                let next = page::next_of(b, self.key);
+                let next = next_of(b, self.key);
                 let seg = segment_base_of(b as usize) as *mut Segment;
                 if let Found::Block(page, _) = find_block(seg, b as usize) {
                     self.free_own_block(page, b);
@@ -956,7 +936,7 @@ impl Heap {
     ///
     /// # Safety
     /// `page` is the descriptor of the live huge block of `seg`.
-    unsafe fn resize_huge(&mut self, seg: *mut Segment, page: *mut Page, new_size: usize) -> bool {
+    unsafe fn resize_huge(&mut self, seg: *mut Segment, page: *mut Span, new_size: usize) -> bool {
         // SAFETY: the caller's contract; the block is the caller's.
         unsafe {
             let start = (*page).start;
@@ -979,7 +959,7 @@ impl Heap {
     }
 
     /// Grows or shrinks a large block in place. Returns false if it cannot.
-    unsafe fn resize_large(&mut self, seg: *mut Segment, page: *mut Page, new_size: usize) -> bool {
+    unsafe fn resize_large(&mut self, seg: *mut Segment, page: *mut Span, new_size: usize) -> bool {
         if new_size > LARGE_MAX {
             return false;
         }
@@ -1002,7 +982,7 @@ impl Heap {
                 if r >= SLICES_PER_SEGMENT {
                     return false;
                 }
-                let right: *mut Page = &mut s.slices[r];
+                let right: *mut Span = &mut s.slices[r];
                 let rn = (*right).slice_count as usize;
                 if (*right).kind != SpanKind::Free || rn == 0 || n + rn < need {
                     return false;
@@ -1114,7 +1094,7 @@ impl Heap {
             let (mut idx, mut n, mut dirty, mut zero) = (idx, n, dirty, zero);
             let r = idx + n;
             if r < SLICES_PER_SEGMENT {
-                let right: *mut Page = &mut s.slices[r];
+                let right: *mut Span = &mut s.slices[r];
                 if (*right).kind == SpanKind::Free && (*right).slice_count > 0 {
                     self.bins.remove(right);
                     n += (*right).slice_count as usize;
@@ -1124,7 +1104,7 @@ impl Heap {
                 }
             }
             if let Some(l) = s.span_before(idx) {
-                let left: *mut Page = &mut s.slices[l];
+                let left: *mut Span = &mut s.slices[l];
                 if (*left).kind == SpanKind::Free && (*left).slice_count as usize == idx - l {
                     self.bins.remove(left);
                     s.slices[idx].slice_count = 0;
@@ -1238,13 +1218,13 @@ impl Heap {
             let mut idx = HEADER_SLICES;
             while idx < SLICES_PER_SEGMENT {
                 let n = (s.slices[idx].slice_count as usize).max(1);
-                let page: *mut Page = &mut s.slices[idx];
+                let page: *mut Span = &mut s.slices[idx];
                 if matches!((*page).kind, SpanKind::Slab | SpanKind::Large) {
                     (*page).next = ptr::null_mut();
                     (*page).prev = ptr::null_mut();
-                    let (mut b, _) = (*page).take_thread_free();
+                    let (mut b, _) = (*page).thread_free.take();
                     while !b.is_null() {
-                        let next = page::next_of(b, self.key);
+                        let next = next_of(b, self.key);
                         if (*page).kind == SpanKind::Slab {
                             (*page).push_local(b, self.key);
                         } else {
@@ -1271,7 +1251,7 @@ impl Heap {
     /// # Safety
     /// `seg` is held by this heap; `page` is the first descriptor of an
     /// unqueued used span with no live block.
-    unsafe fn free_swept_span(&mut self, seg: *mut Segment, page: *mut Page) {
+    unsafe fn free_swept_span(&mut self, seg: *mut Segment, page: *mut Span) {
         // SAFETY: the caller's contract.
         unsafe {
             let n = (*page).slice_count as usize;
@@ -1298,7 +1278,7 @@ impl Heap {
                 while idx < SLICES_PER_SEGMENT {
                     let d = &s.slices[idx];
                     if matches!(d.kind, SpanKind::Slab | SpanKind::Large) {
-                        d.set_notify(Notify::Normal);
+                        d.thread_free.set_notify(Notify::Normal);
                     }
                     idx += (d.slice_count as usize).max(1);
                 }
@@ -1373,14 +1353,14 @@ impl Heap {
             let mut idx = HEADER_SLICES;
             while idx < SLICES_PER_SEGMENT {
                 let n = (s.slices[idx].slice_count as usize).max(1);
-                let page: *mut Page = &mut s.slices[idx];
+                let page: *mut Span = &mut s.slices[idx];
                 match (*page).kind {
                     SpanKind::Slab => {
                         let p = &mut *page;
                         p.in_full = false;
                         let has_room =
                             !p.free.is_null() || !p.local_free.is_null() || p.capacity < p.reserved;
-                        if has_room || !p.set_notify(Notify::Notify) {
+                        if has_room || !p.thread_free.set_notify(Notify::Notify) {
                             self.queue_push_back(p.class as usize, page);
                         } else {
                             p.in_full = true;
@@ -1390,8 +1370,8 @@ impl Heap {
                         (*page).in_full = true;
                         // A remote free racing in leaves the block on the
                         // list; notify refuses then, and we free it here.
-                        while !(*page).set_notify(Notify::Notify) {
-                            if !(*page).take_thread_free().0.is_null() {
+                        while !(*page).thread_free.set_notify(Notify::Notify) {
+                            if !(*page).thread_free.take().0.is_null() {
                                 (*page).used = 0;
                                 (*page).kind = SpanKind::Free;
                                 (*page).dirty = true;
@@ -1609,7 +1589,7 @@ impl Heap {
         }
     }
 
-    unsafe fn queue_push_front(&mut self, c: usize, page: *mut Page) {
+    unsafe fn queue_push_front(&mut self, c: usize, page: *mut Span) {
         let q = &mut self.queues[c];
         // SAFETY: `page` is an own, unqueued slab.
         unsafe {
@@ -1625,7 +1605,7 @@ impl Heap {
         self.sync_direct(c);
     }
 
-    unsafe fn queue_push_back(&mut self, c: usize, page: *mut Page) {
+    unsafe fn queue_push_back(&mut self, c: usize, page: *mut Span) {
         let q = &mut self.queues[c];
         // SAFETY: `page` is an own, unqueued slab.
         unsafe {
@@ -1643,7 +1623,7 @@ impl Heap {
         }
     }
 
-    unsafe fn queue_remove(&mut self, c: usize, page: *mut Page) {
+    unsafe fn queue_remove(&mut self, c: usize, page: *mut Span) {
         let q = &mut self.queues[c];
         // SAFETY: `page` is linked in queue `c`.
         unsafe {
@@ -1678,7 +1658,7 @@ unsafe fn find_block(seg: *mut Segment, addr: usize) -> Found {
         if s.is_huge {
             let d = &s.slices[HEADER_SLICES];
             if d.kind == SpanKind::Huge && d.start == addr {
-                return Found::Block(d as *const Page as *mut Page, d.block_size);
+                return Found::Block(d as *const Span as *mut Span, d.block_size);
             }
             return Found::Invalid(Misuse::InvalidFree);
         }
@@ -1696,7 +1676,7 @@ unsafe fn find_block(seg: *mut Segment, addr: usize) -> Found {
                 Misuse::InvalidFree
             });
         };
-        let page = page as *const Page as *mut Page;
+        let page = page as *const Span as *mut Span;
         match (*page).kind {
             SpanKind::Slab => {
                 if (*page).is_block_offset(addr - (*page).start) {

@@ -23,13 +23,15 @@
 
 #![cfg_attr(not(test), no_std)]
 
+pub mod bins;
+pub mod block;
 pub mod fatal;
 pub mod global;
 pub mod heap;
 pub mod layout;
 pub mod options;
-pub mod page;
 pub mod provider;
+pub mod remote;
 pub mod segment;
 pub mod segment_map;
 pub mod size_class;

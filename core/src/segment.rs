@@ -12,7 +12,7 @@ use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::layout::{SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE};
-use crate::page::{Page, SpanKind};
+use crate::span::{Span, SpanKind};
 
 /// The header at the start of every segment.
 #[repr(C)]
@@ -53,7 +53,7 @@ pub struct Segment {
     pub next: *mut Segment,
     pub prev: *mut Segment,
     /// One descriptor per slice.
-    pub slices: [Page; SLICES_PER_SEGMENT],
+    pub slices: [Span; SLICES_PER_SEGMENT],
 }
 
 /// Words of [`Segment::resident`].
@@ -118,8 +118,8 @@ impl Segment {
 
     /// Index of a descriptor in `slices`.
     #[inline(always)]
-    pub fn index_of(&self, page: *const Page) -> usize {
-        (page as usize - self.slices.as_ptr() as usize) / size_of::<Page>()
+    pub fn index_of(&self, page: *const Span) -> usize {
+        (page as usize - self.slices.as_ptr() as usize) / size_of::<Span>()
     }
 
     /// Address of slice `idx`.
@@ -131,7 +131,7 @@ impl Segment {
     /// The used span (slab or large block) holding address `p`, or `None`
     /// when `p` is in the header, in a free span, or nowhere sensible.
     #[inline(always)]
-    pub fn page_of(&self, p: usize) -> Option<&Page> {
+    pub fn page_of(&self, p: usize) -> Option<&Span> {
         let idx = (p - self.base()) >> SLICE_SHIFT;
         if !(HEADER_SLICES..SLICES_PER_SEGMENT).contains(&idx) {
             return None;

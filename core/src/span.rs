@@ -1,157 +1,254 @@
-//! Bins of free spans, owned by one heap: O(1) insert and remove, and a
-//! bitmap of non-empty bins so the smallest fitting span is found without
-//! scanning empty bins.
+//! Span descriptors: the metadata of one span (a run of slices), one per
+//! slice in the segment header. When the span is a slab, its descriptor
+//! holds the slab's three sharded free lists:
 //!
-//! Spans of fewer than 8 slices have a bin per length; above that, four
-//! bins per power of two. A request looks first-fit in its own bin and
-//! otherwise takes any span of the next non-empty bin, which always fits.
+//! - `free`: blocks ready for allocation; popped on the fast path.
+//! - `local_free`: blocks freed by the owning thread; no atomics.
+//! - `thread_free`: blocks freed by other threads (see [`crate::remote`]).
+//!
+//! The owner moves `local_free` and `thread_free` into `free` only when
+//! `free` runs dry, so the fast path never touches an atomic. Links inside
+//! free blocks are encoded (see [`crate::block`]).
 
+use crate::block::{next_of, set_next, Block};
+use crate::remote::ThreadFree;
 use core::ptr;
 
-use crate::page::Page;
+/// What a span is used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SpanKind {
+    /// In a heap's free-span bins (or a segment's header).
+    Free = 0,
+    /// Equal-size blocks of one size class.
+    Slab = 1,
+    /// A single large block.
+    Large = 2,
+    /// The single block of a huge segment.
+    Huge = 3,
+}
 
-const BINS: usize = 64;
+/// Metadata for one span; lives in its segment's header, one per slice.
+///
+/// Only the descriptor of a span's first slice is meaningful; the others
+/// hold `slice_offset`, the distance back to it (a boundary tag), so any
+/// interior pointer finds its span.
+/// Cache-line aligned, so the hot fields of every descriptor share one line.
+#[repr(C, align(64))]
+pub struct Span {
+    // Hot fields first: the fast paths touch only the first cache line.
+    /// Blocks ready for allocation.
+    pub free: *mut Block,
+    /// Blocks freed by the owner.
+    pub local_free: *mut Block,
+    /// Blocks handed out and not yet returned to `free`/`local_free`.
+    pub used: u32,
+    /// Blocks carved out of the span so far (the rest is untouched).
+    pub capacity: u32,
+    /// Blocks that fit in the span.
+    pub reserved: u32,
+    // The next three fields form the span tag, read as one `u32` by the
+    // free fast path (see [`Span::tag`]); keep them together, in this order.
+    /// Distance to the span's first slice (0 for the first slice).
+    pub slice_offset: u16,
+    pub kind: SpanKind,
+    /// Set when the page left its queue because it was full.
+    pub in_full: bool,
+    /// First byte of the span (for huge/aligned large: of the block).
+    pub start: usize,
+    /// Block size of a slab; usable size of a large/huge block.
+    pub block_size: usize,
+    /// `ceil(2^64 / block_size)`: offsets that are multiples of the block
+    /// size are exactly those whose product with it wraps below it
+    /// (see [`Span::is_block_offset`]).
+    div_magic: u64,
+    /// Size class of a slab.
+    pub class: u8,
+    /// The blocks in `free` are known to hold zeros (except their link).
+    pub free_is_zero: bool,
+    /// The whole span reads as zero (fresh from the provider).
+    pub span_is_zero: bool,
+    /// Parts of this free span may be resident and can be decommitted.
+    pub dirty: bool,
+    /// Span length in slices (first slice only).
+    pub slice_count: u32,
+    /// Remote frees: encoded list head plus [`Notify`] state bits.
+    pub thread_free: ThreadFree,
+    /// Queue or bin links.
+    pub next: *mut Span,
+    pub prev: *mut Span,
+}
 
-/// Bin index for a span of `n >= 1` slices.
-#[inline]
-pub fn bin_of(n: usize) -> usize {
-    if n < 8 {
-        n
-    } else {
-        let k = (usize::BITS - 1 - n.leading_zeros()) as usize;
-        8 + (k - 3) * 4 + ((n >> (k - 2)) & 3)
+/// The span tag of the first slice of a slab that is in its queue (not
+/// full): the only descriptor state the free fast path accepts.
+pub const TAG_QUEUED_SLAB: u32 = u32::from_ne_bytes([0, 0, SpanKind::Slab as u8, 0]);
+
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(Span, slice_offset) % 4 == 0);
+    assert!(offset_of!(Span, kind) == offset_of!(Span, slice_offset) + 2);
+    assert!(offset_of!(Span, in_full) == offset_of!(Span, slice_offset) + 3);
+};
+
+impl Span {
+    /// An all-zero descriptor, as found in fresh segment headers. Each use
+    /// is meant to be a fresh value, so the interior atomic is not shared.
+    #[allow(clippy::declare_interior_mutable_const)]
+    pub const EMPTY: Span = Span {
+        free: ptr::null_mut(),
+        local_free: ptr::null_mut(),
+        used: 0,
+        capacity: 0,
+        reserved: 0,
+        slice_offset: 0,
+        kind: SpanKind::Free,
+        in_full: false,
+        start: 0,
+        block_size: 0,
+        div_magic: 0,
+        class: 0,
+        free_is_zero: false,
+        span_is_zero: false,
+        dirty: false,
+        slice_count: 0,
+        thread_free: ThreadFree::new(),
+        next: ptr::null_mut(),
+        prev: ptr::null_mut(),
+    };
+
+    /// Prepares the block-offset check for `block_size`.
+    pub fn set_block_size(&mut self, block_size: usize) {
+        self.block_size = block_size;
+        self.div_magic = (u64::MAX / block_size as u64).wrapping_add(1);
     }
-}
 
-/// Free spans of one heap, linked through their first descriptor.
-pub struct SpanBins {
-    heads: [*mut Page; BINS],
-    nonempty: u64,
-}
+    /// Whether `offset` (from `start`, below 2^32) is a multiple of the
+    /// block size, without a division: with c = ceil(2^64/d), n is a
+    /// multiple of d exactly when n·c mod 2^64 < c, for every n < 2^32
+    /// (Lemire, Kaser and Kurz, "Faster remainder by direct computation").
+    /// Spans are far smaller than 4 GiB, so every in-span offset qualifies.
+    #[inline(always)]
+    pub fn is_block_offset(&self, offset: usize) -> bool {
+        (offset as u64).wrapping_mul(self.div_magic) < self.div_magic
+    }
 
-impl SpanBins {
-    pub const fn new() -> Self {
-        SpanBins {
-            heads: [ptr::null_mut(); BINS],
-            nonempty: 0,
+    /// `slice_offset`, `kind` and `in_full` as one word, so the free fast
+    /// path checks "first slice of a queued slab" with one comparison
+    /// against [`TAG_QUEUED_SLAB`].
+    #[inline(always)]
+    pub fn tag(&self) -> u32 {
+        // SAFETY: the three fields are adjacent, fully initialised bytes at
+        // a 4-aligned offset (checked at compile time above), and the
+        // pointer is derived from the whole descriptor.
+        unsafe {
+            (self as *const Span as *const u8)
+                .add(core::mem::offset_of!(Span, slice_offset))
+                .cast::<u32>()
+                .read()
         }
     }
 
-    /// Adds a free span.
+    /// Pops a block from `free`, if any. The owner's fast path.
     ///
     /// # Safety
-    /// `span` must be the first descriptor of a free span not in any bin.
-    pub unsafe fn insert(&mut self, span: *mut Page) {
-        // SAFETY: the caller passes a valid descriptor we may link.
-        unsafe {
-            let b = bin_of((*span).slice_count as usize);
-            let head = self.heads[b];
-            (*span).prev = ptr::null_mut();
-            (*span).next = head;
-            if !head.is_null() {
-                (*head).prev = span;
-            }
-            self.heads[b] = span;
-            self.nonempty |= 1 << b;
+    /// Only the owning heap may call this.
+    #[inline(always)]
+    pub unsafe fn pop_free(&mut self, key: usize) -> *mut Block {
+        let b = self.free;
+        if b.is_null() {
+            return b;
         }
+        // SAFETY: `b` is a free block of this page, owned by the caller.
+        let next = unsafe { next_of(b, key) };
+        self.free = next;
+        self.used += 1;
+        b
     }
 
-    /// Removes a span that is in a bin.
+    /// Pushes `b` onto `local_free`. The owner's free path.
     ///
     /// # Safety
-    /// `span` must currently be linked in these bins.
-    pub unsafe fn remove(&mut self, span: *mut Page) {
-        // SAFETY: the caller guarantees the span is linked here.
-        unsafe {
-            let b = bin_of((*span).slice_count as usize);
-            let (prev, next) = ((*span).prev, (*span).next);
-            if prev.is_null() {
-                self.heads[b] = next;
-                if next.is_null() {
-                    self.nonempty &= !(1 << b);
-                }
+    /// Only the owning heap may call this, with a live block of this page.
+    #[inline(always)]
+    pub unsafe fn push_local(&mut self, b: *mut Block, key: usize) {
+        // SAFETY: the caller hands over a live block of this page.
+        unsafe { set_next(b, self.local_free, key) };
+        self.local_free = b;
+        self.used -= 1;
+    }
+
+    /// Refills an empty `free` list: with the remotely freed blocks if there
+    /// are any (taken whole, counted by the word itself), else with
+    /// `local_free`. A remote list leaves `local_free` for the next refill.
+    ///
+    /// # Safety
+    /// Only the owning heap may call this.
+    pub unsafe fn collect(&mut self) {
+        if !self.free.is_null() {
+            return;
+        }
+        let (tf, n) = self.thread_free.take();
+        if !tf.is_null() {
+            self.used -= n;
+            self.free = tf;
+        } else if !self.local_free.is_null() {
+            self.free = self.local_free;
+            self.local_free = ptr::null_mut();
+        } else {
+            return;
+        }
+        self.free_is_zero = false;
+    }
+
+    /// Carves up to `max_bytes` worth of fresh blocks into `free` (which must
+    /// be empty). Returns how many were added.
+    ///
+    /// # Safety
+    /// Only the owning heap may call this, on a slab whose span is usable.
+    pub unsafe fn extend(&mut self, key: usize, max_bytes: usize) -> u32 {
+        debug_assert!(self.free.is_null());
+        let left = self.reserved - self.capacity;
+        if left == 0 {
+            return 0;
+        }
+        let n = ((max_bytes / self.block_size).max(1) as u32).min(left);
+        let bs = self.block_size;
+        let first = self.start + self.capacity as usize * bs;
+        for i in 0..n as usize {
+            let b = (first + i * bs) as *mut Block;
+            let next = if i + 1 < n as usize {
+                (first + (i + 1) * bs) as *mut Block
             } else {
-                (*prev).next = next;
-            }
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
-            (*span).next = ptr::null_mut();
-            (*span).prev = ptr::null_mut();
+                ptr::null_mut()
+            };
+            // SAFETY: the block lies inside this page's span, untouched so far.
+            unsafe { set_next(b, next, key) };
         }
+        self.free = first as *mut Block;
+        self.capacity += n;
+        self.free_is_zero = self.span_is_zero;
+        n
     }
 
-    /// Removes and returns a span of at least `n` slices, if any: the
-    /// lowest-addressed fitting span of the first bin that has one.
-    /// Address order keeps a heap's spans packed at the low end of its
-    /// segments, so the memory it touches over time stays close to what it
-    /// uses at once instead of wandering over whole segments (and the
-    /// resident reserve a segment keeps, its lowest free slices, is what
-    /// gets reused).
+    /// Whether `b` is on one of this page's free lists (owner only; used to
+    /// confirm a suspected double free).
     ///
     /// # Safety
-    /// Every linked descriptor must be valid.
-    pub unsafe fn take(&mut self, n: usize) -> *mut Page {
-        let b = bin_of(n);
-        // SAFETY: linked descriptors are valid (caller's invariant).
-        unsafe {
-            let mut span = Self::lowest(self.heads[b], n);
-            if span.is_null() {
-                let higher = self.nonempty & !((2u64 << b) - 1);
-                if higher == 0 {
-                    return ptr::null_mut();
+    /// Only the owning heap may call this.
+    pub unsafe fn list_contains(&self, b: *mut Block, key: usize) -> bool {
+        for head in [self.free, self.local_free, self.thread_free.peek()] {
+            let mut cur = head;
+            let mut steps = 0u32;
+            while !cur.is_null() && steps <= self.reserved {
+                if cur == b {
+                    return true;
                 }
-                span = Self::lowest(self.heads[higher.trailing_zeros() as usize], n);
-            }
-            self.remove(span);
-            span
-        }
-    }
-
-    /// The lowest-addressed span of at least `n` slices among the first
-    /// `SCAN_LIMIT` of a bin's list (a bound, so a heap with thousands of
-    /// equal fragments does not pay a long walk per carve).
-    ///
-    /// # Safety
-    /// Every linked descriptor must be valid.
-    unsafe fn lowest(mut cur: *mut Page, n: usize) -> *mut Page {
-        const SCAN_LIMIT: usize = 32;
-        let mut best: *mut Page = ptr::null_mut();
-        let mut seen = 0;
-        // SAFETY: the caller's contract.
-        unsafe {
-            while !cur.is_null() && (seen < SCAN_LIMIT || best.is_null()) {
-                seen += 1;
-                if (*cur).slice_count as usize >= n && (best.is_null() || cur < best) {
-                    best = cur;
-                }
-                cur = (*cur).next;
+                // SAFETY: list members are free blocks of this page.
+                cur = unsafe { next_of(cur, key) };
+                steps += 1;
             }
         }
-        best
-    }
-
-    /// Calls `f` on every binned span; `f` may not relink spans.
-    pub fn for_each(&self, mut f: impl FnMut(*mut Page)) {
-        let mut bits = self.nonempty;
-        while bits != 0 {
-            let b = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            let mut cur = self.heads[b];
-            while !cur.is_null() {
-                // SAFETY: linked descriptors are valid; read `next` first so
-                // `f` may change the span's own state.
-                let next = unsafe { (*cur).next };
-                f(cur);
-                cur = next;
-            }
-        }
-    }
-}
-
-impl Default for SpanBins {
-    fn default() -> Self {
-        Self::new()
+        false
     }
 }
 
@@ -160,12 +257,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bins_are_monotonic_and_fit() {
-        let mut last = 0;
-        for n in 1..=4096 {
-            let b = bin_of(n);
-            assert!(b >= last && b < BINS);
-            last = b;
+    fn divisibility_check_matches_division() {
+        let mut p = Span::EMPTY;
+        for c in 0..crate::size_class::NUM_CLASSES {
+            let bs = crate::size_class::class_size(c);
+            p.set_block_size(bs);
+            let span = crate::size_class::slab_slices(c) * crate::layout::SLICE_SIZE;
+            for off in (0..span + bs).step_by(16) {
+                assert_eq!(p.is_block_offset(off), off % bs == 0, "bs {bs} off {off}");
+            }
+            // Offsets that are not multiples of 16 never pass either.
+            for off in [1, 8, 15, bs + 1, bs - 8] {
+                assert!(!p.is_block_offset(off), "bs {bs} off {off}");
+            }
         }
+        // Large blocks: whole slices, up to a segment.
+        for n in [1usize, 3, 7, 100, 255] {
+            let bs = n * crate::layout::SLICE_SIZE;
+            p.set_block_size(bs);
+            for off in (0..crate::layout::SEGMENT_SIZE).step_by(4096) {
+                assert_eq!(p.is_block_offset(off), off % bs == 0, "bs {bs} off {off}");
+            }
+        }
+    }
+
+    #[test]
+    fn span_tag_reads_the_three_fields() {
+        let mut p = Span::EMPTY;
+        p.kind = SpanKind::Slab;
+        assert_eq!(p.tag(), TAG_QUEUED_SLAB);
+        p.in_full = true;
+        assert_ne!(p.tag(), TAG_QUEUED_SLAB);
+        p.in_full = false;
+        p.slice_offset = 1;
+        assert_ne!(p.tag(), TAG_QUEUED_SLAB);
+        p.slice_offset = 0;
+        p.kind = SpanKind::Large;
+        assert_ne!(p.tag(), TAG_QUEUED_SLAB);
     }
 }
