@@ -11,50 +11,18 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use spin::Mutex;
 
+use crate::abandoned::AbandonedStack;
+use crate::cache::{CacheEntry, RangeCache};
 use crate::fatal::{self, Misuse};
+use crate::fork::{ForkGate, ForkGuard};
 use crate::layout::{align_up, SEGMENT_SIZE, SLICES_PER_SEGMENT, SLICE_SIZE};
 use crate::options::Options;
+use crate::pool::MetaPool;
 use crate::provider::{Capabilities, PageProvider, PAGE_SIZE};
 use crate::segment::{Segment, HEADER_SLICES};
 use crate::segment_map;
 use crate::span::SpanKind;
 use crate::stats::{GlobalStats, HeapStats, Snapshot};
-
-const CACHE_SLOTS: usize = 16;
-
-#[derive(Clone, Copy)]
-struct CacheEntry {
-    base: usize,
-    len: usize,
-    /// Resident contents (huge blocks kept hot for quick reuse).
-    committed: bool,
-    since: u64,
-}
-
-struct Cache {
-    entries: [CacheEntry; CACHE_SLOTS],
-    count: usize,
-    committed_bytes: usize,
-}
-
-/// An intrusive list of segments, linked through `Segment::next`.
-struct SegmentStack {
-    head: *mut Segment,
-}
-
-// SAFETY: the stack only holds segments no thread owns; access is
-// serialised by the mutex around it.
-unsafe impl Send for SegmentStack {}
-
-/// Addresses managed by the heap layer (free heap structs, all heaps ever
-/// made, and the current metadata chunk); kept as plain addresses so this
-/// layer need not know the heap type.
-pub struct HeapRegistry {
-    pub free: usize,
-    pub all: usize,
-    pub chunk_cur: usize,
-    pub chunk_end: usize,
-}
 
 /// One allocator instance: a provider plus everything heaps share.
 pub struct Global {
@@ -64,45 +32,22 @@ pub struct Global {
     init: spin::Once<()>,
     pub options: Options,
     pub stats: GlobalStats,
-    abandoned: Mutex<SegmentStack>,
-    cache: Mutex<Cache>,
-    pub(crate) heaps: Mutex<HeapRegistry>,
+    abandoned: Mutex<AbandonedStack>,
+    cache: Mutex<RangeCache>,
+    /// The heap structs (see [`crate::pool`]).
+    pub(crate) heaps: Mutex<MetaPool>,
     /// Counters of heaps that were destroyed.
     retired: HeapStats,
     /// Set while memory is short (see [`Global::under_pressure`]).
     pressure: AtomicBool,
-    /// Operations in flight that a `fork` must not split (low bits), and
-    /// [`FORK_PENDING`] while a fork is being prepared (see
-    /// [`Global::fork_guard`]).
-    unforkable: AtomicUsize,
-    /// A test aid: called in the middle of a cross-thread hand-off (see
-    /// [`Global::set_handoff_hook`]); 0 when unset.
-    handoff_hook: AtomicUsize,
-}
-
-/// Set in `Global::unforkable` while a fork is being prepared.
-const FORK_PENDING: usize = 1 << (usize::BITS - 1);
-
-/// Proof that a `fork` cannot happen until it is dropped (see
-/// [`Global::fork_guard`]).
-pub struct ForkGuard<'a>(&'a AtomicUsize);
-
-impl Drop for ForkGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Release);
-    }
+    /// Operations a `fork` must wait out (see [`crate::fork`]).
+    fork: ForkGate,
 }
 
 impl Global {
     /// A new instance over `provider`. Nothing is reserved until the first
     /// heap is created.
     pub const fn new(provider: &'static dyn PageProvider) -> Self {
-        const EMPTY: CacheEntry = CacheEntry {
-            base: 0,
-            len: 0,
-            committed: false,
-            since: 0,
-        };
         Global {
             provider,
             caps: AtomicU32::new(0),
@@ -110,70 +55,29 @@ impl Global {
             init: spin::Once::new(),
             options: Options::new(),
             stats: GlobalStats::new(),
-            abandoned: Mutex::new(SegmentStack {
-                head: ptr::null_mut(),
-            }),
-            cache: Mutex::new(Cache {
-                entries: [EMPTY; CACHE_SLOTS],
-                count: 0,
-                committed_bytes: 0,
-            }),
-            heaps: Mutex::new(HeapRegistry {
-                free: 0,
-                all: 0,
-                chunk_cur: 0,
-                chunk_end: 0,
-            }),
+            abandoned: Mutex::new(AbandonedStack::new()),
+            cache: Mutex::new(RangeCache::new()),
+            heaps: Mutex::new(MetaPool::new()),
             retired: HeapStats::new(),
             pressure: AtomicBool::new(false),
-            unforkable: AtomicUsize::new(0),
-            handoff_hook: AtomicUsize::new(0),
+            fork: ForkGate::new(),
         }
     }
 
-    /// Marks the start of a short lock-free operation whose intermediate
-    /// state a forked child could not finish (a thread that began it does
-    /// not exist in the child): the remote-free hand-off to a full page's
-    /// owner, and decommitting abandoned segments outside the list lock.
-    /// [`Global::lock_all`] waits until none is in flight and holds new
-    /// ones back until the fork is over. Costs one atomic add on paths that
-    /// are already slow.
+    /// Marks the start of a short lock-free operation that a `fork` must
+    /// not split (see [`crate::fork`]).
     pub fn fork_guard(&self) -> ForkGuard<'_> {
-        let mut cur = self.unforkable.load(Ordering::Relaxed);
-        loop {
-            if cur & FORK_PENDING != 0 {
-                core::hint::spin_loop();
-                cur = self.unforkable.load(Ordering::Relaxed);
-                continue;
-            }
-            match self.unforkable.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return ForkGuard(&self.unforkable),
-                Err(actual) => cur = actual,
-            }
-        }
+        self.fork.guard()
     }
 
-    /// Installs a function called in the middle of every cross-thread
-    /// hand-off (after the page became `Notifying`, before the block
-    /// reaches its owner). A test aid for making a fork land exactly there;
-    /// never set in normal operation.
+    /// The gate `fork` waits at (see [`crate::fork`]).
+    pub fn fork_gate(&self) -> &ForkGate {
+        &self.fork
+    }
+
+    /// See [`ForkGate::set_handoff_hook`].
     pub fn set_handoff_hook(&self, hook: fn()) {
-        self.handoff_hook.store(hook as usize, Ordering::Release);
-    }
-
-    pub(crate) fn run_handoff_hook(&self) {
-        let h = self.handoff_hook.load(Ordering::Acquire);
-        if h != 0 {
-            // SAFETY: only `set_handoff_hook` stores non-zero values, and
-            // they are `fn()` pointers.
-            let f: fn() = unsafe { core::mem::transmute::<usize, fn()>(h) };
-            f();
-        }
+        self.fork.set_handoff_hook(hook);
     }
 
     /// Adds a destroyed heap's counters to the retired totals.
@@ -305,6 +209,19 @@ impl Global {
         Some(p.as_ptr() as usize)
     }
 
+    /// Reserves and commits `len` bytes aligned to `len` for allocator
+    /// metadata (see [`crate::pool`]).
+    pub fn reserve_meta(&self, len: usize) -> Option<usize> {
+        let base = self.reserve(len, len)?;
+        // SAFETY: the range was just reserved.
+        if !unsafe { self.commit(base, len) } {
+            // SAFETY: nothing uses the reservation.
+            unsafe { self.release(base, len) };
+            return None;
+        }
+        Some(base)
+    }
+
     /// Whether the last reservation failed: memory is short, so empty
     /// segments and freed huge blocks go back to the provider at once
     /// instead of being kept for reuse, where any heap that needs memory
@@ -401,13 +318,8 @@ impl Global {
     /// `seg` must be a live segment with `owner == 0` that no heap links.
     pub unsafe fn push_abandoned(&self, seg: *mut Segment) {
         let now = self.now().unwrap_or(0);
-        let mut list = self.abandoned.lock();
-        // SAFETY: exclusive access to `seg` is handed over.
-        unsafe {
-            (*seg).abandoned_at = now;
-            (*seg).next = list.head;
-        }
-        list.head = seg;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.abandoned.lock().push(seg, now) };
         self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -419,85 +331,20 @@ impl Global {
     /// The caller holds `seg` (owns it, or took it off the abandoned list),
     /// and the span is free.
     pub unsafe fn decommit_free_span(&self, seg: *mut Segment, idx: usize, n: usize) -> usize {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.decommit_span_tail(seg, idx, n, idx) }
-    }
-
-    /// Decommits the touched slices of the free span at `idx` (`n` slices)
-    /// from slice `from` on; the span is clean afterwards only when `from`
-    /// is its start. Returns how many slices were decommitted.
-    ///
-    /// # Safety
-    /// As [`Global::decommit_free_span`], with `idx <= from <= idx + n`.
-    unsafe fn decommit_span_tail(
-        &self,
-        seg: *mut Segment,
-        idx: usize,
-        n: usize,
-        from: usize,
-    ) -> usize {
         let zero_after = self.caps().contains(Capabilities::ZERO_AFTER_DECOMMIT);
-        // SAFETY: the caller's contract.
-        let s = unsafe { &mut *seg };
-        let base = s.base();
-        let mut decommitted = 0;
-        s.take_resident(from, idx + n - from, |first, len| {
-            // SAFETY: a free span holds no live data.
-            unsafe { self.decommit(base + first * SLICE_SIZE, len * SLICE_SIZE) };
-            decommitted += len;
-        });
-        if from == idx {
-            let d = &mut s.slices[idx];
-            d.dirty = false;
-            d.span_is_zero = zero_after;
-        }
-        decommitted
-    }
-
-    /// How many slices of `seg`'s dirty free spans may be resident.
-    ///
-    /// # Safety
-    /// The caller holds `seg`.
-    pub unsafe fn resident_free_slices(&self, seg: *mut Segment) -> usize {
-        // SAFETY: the caller's contract.
-        let s = unsafe { &*seg };
-        let mut total = 0;
-        s.for_each_span(|idx, len| {
-            let d = &s.slices[idx];
-            if d.kind == SpanKind::Free && d.dirty {
-                total += s.resident_count(idx, len);
-            }
-        });
-        total
+        // SAFETY: the caller's contract; a free span holds no live data.
+        unsafe { (*seg).decommit_span_tail(idx, n, idx, zero_after, |a, l| self.decommit(a, l)) }
     }
 
     /// Decommits the touched free slices of `seg` beyond the `keep`
-    /// lowest-addressed ones (heaps carve from low addresses first, so those
-    /// are the ones reused soonest).
+    /// lowest-addressed ones (see [`Segment::trim_free`]).
     ///
     /// # Safety
     /// The caller holds `seg` (owns it, or marked it `purging`).
-    pub unsafe fn trim_segment(&self, seg: *mut Segment, mut keep: usize) {
-        // SAFETY: the caller's contract.
-        unsafe {
-            let s = &mut *seg;
-            let mut idx = HEADER_SLICES;
-            while idx < SLICES_PER_SEGMENT {
-                let len = (s.slices[idx].slice_count as usize).max(1);
-                let d = &s.slices[idx];
-                if d.kind == SpanKind::Free && d.dirty {
-                    let mut from = idx;
-                    while keep > 0 && from < idx + len {
-                        if s.resident_count(from, 1) == 1 {
-                            keep -= 1;
-                        }
-                        from += 1;
-                    }
-                    self.decommit_span_tail(seg, idx, len, from);
-                }
-                idx += len;
-            }
-        }
+    pub unsafe fn trim_segment(&self, seg: *mut Segment, keep: usize) {
+        let zero_after = self.caps().contains(Capabilities::ZERO_AFTER_DECOMMIT);
+        // SAFETY: the caller's contract; free spans hold no live data.
+        unsafe { (*seg).trim_free(keep, zero_after, |a, l| self.decommit(a, l)) };
     }
 
     /// The decay of what no heap owns: cached ranges older than the purge
@@ -549,8 +396,7 @@ impl Global {
             }
             let mut batch = [ptr::null_mut::<Segment>(); BATCH];
             let mut empties = [ptr::null_mut::<Segment>(); BATCH];
-            let (mut n, mut e) = (0, 0);
-            {
+            let (n, e) = {
                 // A child forked while segments are marked would wait for
                 // ever in `pop_abandoned`, so the marks are made and cleared
                 // under a fork guard. The guard comes first and the lock is
@@ -562,35 +408,9 @@ impl Global {
                     core::hint::spin_loop();
                     continue;
                 };
-                let mut link: *mut *mut Segment = &mut list.head;
-                // SAFETY: listed segments are held by nobody; the list lock
-                // serialises every access to their purge fields and links.
-                unsafe {
-                    while !(*link).is_null() && n < BATCH && e < BATCH {
-                        let seg = *link;
-                        let s = &mut *seg;
-                        let idle = force || now >= s.abandoned_at.saturating_add(delay);
-                        if idle && Self::all_blocks_freed(s) {
-                            // Nobody will free into it again: take it off
-                            // the list and release it below.
-                            *link = s.next;
-                            self.stats.abandoned.fetch_sub(1, Ordering::Relaxed);
-                            empties[e] = seg;
-                            e += 1;
-                            continue;
-                        }
-                        // `purge_at == 0`: purged already; an abandoned
-                        // segment gains no free spans until it is adopted.
-                        if s.purge_at != 0 && (force || now >= s.purge_at.saturating_add(delay)) {
-                            s.purge_at = 0;
-                            s.purging.store(true, Ordering::Relaxed);
-                            batch[n] = seg;
-                            n += 1;
-                        }
-                        link = &mut s.next;
-                    }
-                }
+                let (n, e) = list.select(now, delay, force, &mut batch, &mut empties);
                 drop(list);
+                self.stats.abandoned.fetch_sub(e, Ordering::Relaxed);
                 for &seg in &batch[..n] {
                     // SAFETY: marked `purging`, so nobody else touches the
                     // segment's spans until the mark clears; remote freers
@@ -600,7 +420,8 @@ impl Global {
                         (*seg).purging.store(false, Ordering::Release);
                     }
                 }
-            }
+                (n, e)
+            };
             // Outside the guard: retiring takes the cache lock.
             for &seg in &empties[..e] {
                 // SAFETY: unlisted above, so exclusively ours; every block
@@ -613,41 +434,15 @@ impl Global {
         }
     }
 
-    /// Whether every block of an abandoned segment has been freed by other
-    /// threads since it was abandoned.
-    fn all_blocks_freed(s: &Segment) -> bool {
-        let mut all = true;
-        s.for_each_span(|idx, _| {
-            let d = &s.slices[idx];
-            if matches!(d.kind, SpanKind::Slab | SpanKind::Large) && d.thread_free.count() != d.used
-            {
-                all = false;
-            }
-        });
-        all
-    }
-
     /// Retires an abandoned segment all of whose blocks were freed: its used
     /// spans become free and it goes to the cache like any empty segment.
     ///
     /// # Safety
     /// `seg` is off the abandoned list, exclusively the caller's, and
-    /// [`Global::all_blocks_freed`] holds for it.
+    /// [`Segment::all_blocks_freed`] holds for it.
     unsafe fn release_abandoned(&self, seg: *mut Segment) {
         // SAFETY: the caller's contract.
-        let s = unsafe { &mut *seg };
-        let mut freed = 0;
-        let mut idx = HEADER_SLICES;
-        while idx < SLICES_PER_SEGMENT {
-            let len = (s.slices[idx].slice_count as usize).max(1);
-            if matches!(s.slices[idx].kind, SpanKind::Slab | SpanKind::Large) {
-                s.slices[idx].thread_free.reset();
-                s.mark_free(idx, len, true, false);
-                freed += len;
-            }
-            idx += len;
-        }
-        s.used_slices -= freed;
+        let freed = unsafe { (*seg).free_all_spans() };
         self.stats.sub_active(freed * SLICE_SIZE);
         // SAFETY: a normal segment with no used span, owned by nobody.
         unsafe { self.retire_segment(seg) };
@@ -659,16 +454,7 @@ impl Global {
         if self.stats.abandoned.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let seg = {
-            let mut list = self.abandoned.lock();
-            let seg = list.head;
-            if seg.is_null() {
-                return None;
-            }
-            // SAFETY: listed segments are live and only reachable through here.
-            list.head = unsafe { (*seg).next };
-            seg
-        };
+        let seg = self.abandoned.lock().pop()?;
         self.stats.abandoned.fetch_sub(1, Ordering::Relaxed);
         self.stats.adopted_total.fetch_add(1, Ordering::Relaxed);
         // A purge still decommitting it finishes within a few system calls.
@@ -763,9 +549,8 @@ impl Global {
         self.stats.sub_active(len);
         if seg_base == base {
             if !keep_resident {
-                let header = HEADER_SLICES * SLICE_SIZE;
                 // SAFETY: nothing in the block is live any more.
-                unsafe { self.decommit(base + header, len - header) };
+                unsafe { self.decommit_body(base, len) };
             }
             self.cache_put(base, len, keep_resident);
         } else {
@@ -778,130 +563,69 @@ impl Global {
     /// segments; for huge blocks a range up to 1/4 longer is used whole.
     /// Returns its base, its real length and whether it is resident.
     fn cache_take(&self, len: usize) -> Option<(usize, usize, bool)> {
-        let mut cache = self.cache.lock();
-        let count = cache.count;
-        let mut best: Option<usize> = None;
-        for i in 0..count {
-            let e = cache.entries[i];
-            let fits =
-                e.len == len || (len != SEGMENT_SIZE && e.len > len && e.len - len <= len / 4);
-            if fits && best.is_none_or(|b| cache.entries[b].len > e.len) {
-                best = Some(i);
-            }
-        }
-        let i = best?;
-        let e = cache.entries[i];
-        cache.entries[i] = cache.entries[count - 1];
-        cache.count -= 1;
-        if e.committed {
-            cache.committed_bytes -= e.len;
-        }
+        let e = self.cache.lock().take(len, len == SEGMENT_SIZE)?;
         Some((e.base, e.len, e.committed))
     }
 
     /// Puts a whole unused reservation into the cache. Resident ranges stay
     /// resident while the resident budget allows; otherwise they are
     /// decommitted first. When the cache is full the oldest entry is
-    /// released.
+    /// released; under memory pressure the range is released at once.
     fn cache_put(&self, base: usize, len: usize, committed: bool) {
         let since = self.now().unwrap_or(0);
         let budget = self.options.huge_cache_bytes.load(Ordering::Relaxed);
-        let slots = self
-            .options
-            .segment_cache
-            .load(Ordering::Relaxed)
-            .min(CACHE_SLOTS);
+        let slots = self.options.segment_cache.load(Ordering::Relaxed);
         if slots == 0 || self.under_pressure() {
             // SAFETY: the caller hands over a whole unused reservation.
             unsafe { self.release(base, len) };
             return;
         }
-        let mut resident = false;
-        if committed {
-            let mut cache = self.cache.lock();
-            if cache.committed_bytes + len <= budget {
-                cache.committed_bytes += len;
-                resident = true;
-            }
-        }
+        let resident = committed && self.cache.lock().reserve_resident(len, budget);
         if committed && !resident {
-            let header = HEADER_SLICES * SLICE_SIZE;
             // SAFETY: the range holds no live data and is not yet visible.
-            unsafe { self.decommit(base + header, len - header) };
+            unsafe { self.decommit_body(base, len) };
         }
-        let evicted = {
-            let mut cache = self.cache.lock();
-            let mut evicted = None;
-            if cache.count >= slots {
-                let mut oldest = 0;
-                for i in 1..cache.count {
-                    if cache.entries[i].since < cache.entries[oldest].since {
-                        oldest = i;
-                    }
-                }
-                let e = cache.entries[oldest];
-                let last = cache.count - 1;
-                cache.entries[oldest] = cache.entries[last];
-                cache.count -= 1;
-                if e.committed {
-                    cache.committed_bytes -= e.len;
-                }
-                evicted = Some(e);
-            }
-            let i = cache.count;
-            cache.entries[i] = CacheEntry {
-                base,
-                len,
-                committed: resident,
-                since,
-            };
-            cache.count += 1;
-            evicted
+        let entry = CacheEntry {
+            base,
+            len,
+            committed: resident,
+            since,
         };
+        let evicted = self.cache.lock().put(entry, slots);
         if let Some(e) = evicted {
             // SAFETY: evicted entries are whole, unused reservations.
             unsafe { self.release(e.base, e.len) };
         }
     }
 
-    /// Decommits cached huge ranges older than the purge delay, or all of
-    /// them when `force`; with `force` also releases every cached range.
+    /// Decommits everything of a cached reservation but its header.
+    ///
+    /// # Safety
+    /// The range is a whole reservation that holds no live data.
+    unsafe fn decommit_body(&self, base: usize, len: usize) {
+        let header = HEADER_SLICES * SLICE_SIZE;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.decommit(base + header, len - header) };
+    }
+
+    /// Decommits cached ranges resident for longer than the purge delay;
+    /// with `force`, releases every cached range.
     pub fn purge_cache(&self, now: u64, force: bool) {
         let delay = self.options.purge_delay();
         loop {
-            let mut victim: Option<CacheEntry> = None;
-            {
-                let mut cache = self.cache.lock();
-                for i in 0..cache.count {
-                    let e = cache.entries[i];
-                    if force {
-                        cache.entries[i] = cache.entries[cache.count - 1];
-                        cache.count -= 1;
-                        if e.committed {
-                            cache.committed_bytes -= e.len;
-                        }
-                        victim = Some(e);
-                        break;
-                    }
-                    if e.committed && now.saturating_sub(e.since) >= delay {
-                        cache.entries[i].committed = false;
-                        cache.committed_bytes -= e.len;
-                        victim = Some(e);
-                        break;
-                    }
-                }
-            }
-            match victim {
-                None => return,
-                Some(e) if force => {
-                    // SAFETY: cached ranges are whole, unused reservations.
-                    unsafe { self.release(e.base, e.len) };
-                }
-                Some(e) => {
-                    let header = HEADER_SLICES * SLICE_SIZE;
-                    // SAFETY: cached ranges hold no live data.
-                    unsafe { self.decommit(e.base + header, e.len - header) };
-                }
+            let mut cache = self.cache.lock();
+            if force {
+                let Some(e) = cache.pop() else { return };
+                drop(cache);
+                // SAFETY: cached ranges are whole, unused reservations.
+                unsafe { self.release(e.base, e.len) };
+            } else {
+                let Some(e) = cache.take_stale_resident(now, delay) else {
+                    return;
+                };
+                drop(cache);
+                // SAFETY: cached ranges hold no live data.
+                unsafe { self.decommit_body(e.base, e.len) };
             }
         }
     }
@@ -915,9 +639,7 @@ impl Global {
         // SAFETY: the child is single-threaded; the holder was the forking
         // thread, which is this one.
         unsafe { self.unlock_locks() };
-        // No guarded operation was in flight at the fork, and the threads
-        // that would end them do not exist here.
-        self.unforkable.store(0, Ordering::Release);
+        self.fork.reset_in_child();
     }
 
     /// Takes every global lock and waits out the operations a fork must
@@ -929,10 +651,7 @@ impl Global {
         core::mem::forget(self.abandoned.lock());
         // After the locks: a guarded operation takes no lock, so it always
         // finishes, while a thread waiting to start one holds none.
-        self.unforkable.fetch_or(FORK_PENDING, Ordering::AcqRel);
-        while self.unforkable.load(Ordering::Acquire) & !FORK_PENDING != 0 {
-            core::hint::spin_loop();
-        }
+        self.fork.quiesce();
     }
 
     /// Releases what [`Global::lock_all`] took (parent after fork).
@@ -940,7 +659,7 @@ impl Global {
     /// # Safety
     /// Only after `lock_all` by this thread.
     pub unsafe fn unlock_all(&self) {
-        self.unforkable.fetch_and(!FORK_PENDING, Ordering::Release);
+        self.fork.reopen();
         // SAFETY: this thread took them in `lock_all`.
         unsafe { self.unlock_locks() };
     }

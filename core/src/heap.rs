@@ -27,13 +27,11 @@ use crate::layout::{
 };
 use crate::options::PURGE_MAX_DEFER;
 use crate::provider::PAGE_SIZE;
+use crate::queues::SlabQueues;
 use crate::remote::{DelayedList, Notify, RemotePush};
 use crate::segment::{Segment, HEADER_SLICES};
 use crate::segment_map;
-use crate::size_class::{
-    class_for_aligned, class_of, direct_index, direct_slots, CLASSES, DIRECT_CLASSES, DIRECT_MAX,
-    DIRECT_SLOTS, NUM_CLASSES,
-};
+use crate::size_class::{class_for_aligned, class_of, CLASSES, DIRECT_MAX, NUM_CLASSES};
 use crate::span::{Span, SpanKind, TAG_QUEUED_SLAB};
 use crate::stats::{bump, HeapStats, Snapshot};
 
@@ -52,33 +50,10 @@ const TRIM_SLACK: usize = 32;
 /// Check for decay every this many slow paths.
 const PURGE_CHECK_INTERVAL: u64 = 64;
 
-#[derive(Clone, Copy)]
-struct PageQueue {
-    first: *mut Span,
-    last: *mut Span,
-}
-
-/// A descriptor that never has free blocks: the direct-table entry of a
-/// class with no queued page, so the malloc fast path needs no null check.
-/// Nothing ever writes to it (a page is only written after a block was
-/// found on its free list).
-struct EmptyPage(core::cell::UnsafeCell<Span>);
-// SAFETY: the page is never written, only read.
-unsafe impl Sync for EmptyPage {}
-static EMPTY_PAGE: EmptyPage = EmptyPage(core::cell::UnsafeCell::new(Span::EMPTY));
-
-#[inline(always)]
-fn empty_page() -> *mut Span {
-    EMPTY_PAGE.0.get()
-}
-
 /// A thread's (or CPU's) private allocator state.
 pub struct Heap {
-    /// For requests up to `DIRECT_MAX` bytes, by `direct_index(size)`: the
-    /// first page of the class's queue, or the always-empty page. Kept in
-    /// step with `queues` by the queue operations.
-    direct: [*mut Span; DIRECT_SLOTS],
-    queues: [PageQueue; NUM_CLASSES],
+    /// Size-class queues of slabs with room, and the direct table.
+    queues: SlabQueues,
     key: usize,
     global: &'static Global,
     bins: SpanBins,
@@ -90,9 +65,6 @@ pub struct Heap {
     /// Time of the last decay check (clock ms, or ticks / interval).
     now: u64,
     pub stats: HeapStats,
-    /// Registry links: every heap ever made, and the free ones.
-    all_next: *mut Heap,
-    free_next: *mut Heap,
 }
 
 /// What a pointer handed to `free`/`realloc` turned out to be.
@@ -108,43 +80,14 @@ impl Heap {
     /// comes from the provider, never from the allocator itself.
     pub fn create(global: &'static Global) -> Option<NonNull<Heap>> {
         global.ensure_init();
-        let mut reg = global.heaps.lock();
-        let h: *mut Heap = if reg.free != 0 {
-            let h = reg.free as *mut Heap;
-            // SAFETY: registry entries are heap structs we made.
-            reg.free = unsafe { (*h).free_next } as usize;
-            h
-        } else {
-            let size = align_up(size_of::<Heap>(), 64);
-            if reg.chunk_cur + size > reg.chunk_end {
-                let chunk = 64 * 1024;
-                let p = global.provider().reserve(chunk, PAGE_SIZE)?;
-                // SAFETY: freshly reserved range.
-                if !unsafe { global.commit(p.as_ptr() as usize, chunk) } {
-                    return None;
-                }
-                reg.chunk_cur = p.as_ptr() as usize;
-                reg.chunk_end = reg.chunk_cur + chunk;
-            }
-            let h = reg.chunk_cur as *mut Heap;
-            reg.chunk_cur += size;
-            // SAFETY: the slot is unused memory inside our chunk.
-            unsafe {
-                ptr::addr_of_mut!((*h).all_next).write(reg.all as *mut Heap);
-            }
-            reg.all = h as usize;
-            h
-        };
-        drop(reg);
-        // SAFETY: `h` is exclusively ours; `all_next` stays as linked.
+        let mut pool = global.heaps.lock();
+        let h = pool.take(size_of::<Heap>(), |len| global.reserve_meta(len))? as *mut Heap;
+        // SAFETY: the record is ours (marked live in the pool) and big
+        // enough; it is written under the pool lock, which `snapshot` holds
+        // while it reads the counters of every live heap.
         unsafe {
-            let all_next = (*h).all_next;
             h.write(Heap {
-                direct: [empty_page(); DIRECT_SLOTS],
-                queues: [PageQueue {
-                    first: ptr::null_mut(),
-                    last: ptr::null_mut(),
-                }; NUM_CLASSES],
+                queues: SlabQueues::new(),
                 key: global.key(),
                 global,
                 bins: SpanBins::new(),
@@ -155,10 +98,9 @@ impl Heap {
                 // never reads as a time that has passed.
                 now: global.now().unwrap_or(1),
                 stats: HeapStats::new(),
-                all_next,
-                free_next: ptr::null_mut(),
             });
         }
+        drop(pool);
         global.stats.heaps_live.fetch_add(1, Ordering::Relaxed);
         NonNull::new(h)
     }
@@ -176,15 +118,12 @@ impl Heap {
             (*h).abandon_all();
             let g = (*h).global;
             g.stats.heaps_live.fetch_sub(1, Ordering::Relaxed);
-            // Under the registry lock, which `snapshot` holds while it
-            // sums: the counters move to the retired totals and the struct,
-            // still on the list of all heaps, counts zero from now on, so
-            // nothing is counted twice.
-            let mut reg = g.heaps.lock();
+            // Under the pool lock, which `snapshot` holds while it sums:
+            // the counters move to the retired totals as the record stops
+            // being live, so nothing is counted twice or lost.
+            let mut pool = g.heaps.lock();
             g.retire_stats(&(*h).stats);
-            (*h).stats.reset();
-            (*h).free_next = reg.free as *mut Heap;
-            reg.free = h as usize;
+            pool.give_back(h as *mut u8, size_of::<Heap>());
         }
     }
 
@@ -227,9 +166,9 @@ impl Heap {
             // One pop for both branches: two inlined copies would cost the
             // fast path its frameless shape.
             let page = if size <= DIRECT_MAX {
-                *self.direct.get_unchecked(direct_index(size))
+                self.queues.direct(size)
             } else if size <= MAX_CLASS_SIZE {
-                let page = self.queues.get_unchecked(class_of(size)).first;
+                let page = self.queues.first_unchecked(class_of(size));
                 if page.is_null() {
                     return ptr::null_mut();
                 }
@@ -348,7 +287,7 @@ impl Heap {
         // SAFETY: `c` is a class (caller's contract); queued pages belong
         // to this heap's segments.
         unsafe {
-            let page = self.queues.get_unchecked(c).first;
+            let page = self.queues.first_unchecked(c);
             if page.is_null() {
                 return ptr::null_mut();
             }
@@ -370,14 +309,14 @@ impl Heap {
 
     /// Allocates a zeroed block of class `c` for a request of `size` bytes.
     fn alloc_class_zeroed(&mut self, c: usize, size: usize) -> *mut u8 {
-        let mut page = self.queues[c].first;
+        let mut page = self.queues.first(c);
         // SAFETY: queued pages belong to this heap's segments.
         unsafe {
             if page.is_null() || (*page).free.is_null() {
                 if !self.refill(c) {
                     return ptr::null_mut();
                 }
-                page = self.queues[c].first;
+                page = self.queues.first(c);
             }
             // Whether the blocks on the list are known to be zero.
             let zero = (*page).free_is_zero;
@@ -431,7 +370,7 @@ impl Heap {
         let key = self.key;
         // SAFETY: every page reached from the queue belongs to this heap.
         unsafe {
-            let mut page = self.queues[c].first;
+            let mut page = self.queues.first(c);
             while !page.is_null() {
                 let next = (*page).next;
                 (*page).collect();
@@ -439,19 +378,16 @@ impl Heap {
                     (*page).extend(key, EXTEND_BYTES);
                 }
                 if !(*page).free.is_null() {
-                    if page != self.queues[c].first {
-                        self.queue_remove(c, page);
-                        self.queue_push_front(c, page);
-                    }
+                    self.queues.move_to_front(c, page);
                     return true;
                 }
                 // Full: leave the queue and ask remote freers to tell us.
-                self.queue_remove(c, page);
+                self.queues.remove(c, page);
                 (*page).in_full = true;
                 if !(*page).thread_free.set_notify(Notify::Notify) {
                     // Remote frees arrived meanwhile; revisit it later.
                     (*page).in_full = false;
-                    self.queue_push_back(c, page);
+                    self.queues.push_back(c, page);
                 }
                 page = next;
             }
@@ -484,7 +420,7 @@ impl Heap {
             p.in_full = false;
             p.start = start;
             p.extend(self.key, EXTEND_BYTES);
-            self.queue_push_front(c, page);
+            self.queues.push_front(c, page);
             Some(page)
         }
     }
@@ -736,7 +672,7 @@ impl Heap {
         // while we hold `Notifying` the owner cannot go away.
         unsafe {
             if (*page).thread_free.push(b, self.key, true) == RemotePush::Notifying {
-                self.global.run_handoff_hook();
+                self.global.fork_gate().run_handoff_hook();
                 let owner = (*seg).owner.load(Ordering::Acquire) as *const Heap;
                 (*owner).delayed.push(b, (*owner).key);
                 (*page).thread_free.end_notifying();
@@ -769,7 +705,7 @@ impl Heap {
             if (*page).in_full {
                 (*page).in_full = false;
                 (*page).thread_free.set_notify(Notify::Normal);
-                self.queue_push_back(c, page);
+                self.queues.push_back(c, page);
             }
             if (*page).used == 0 {
                 // Keep a lone page to avoid thrashing on alloc/free cycles,
@@ -777,11 +713,10 @@ impl Heap {
                 // more): re-carving such a slab costs little next to the
                 // blocks' own use, while every class and heap keeping one
                 // would hold megabytes idle.
-                let q = self.queues[c];
-                if q.first == page && q.last == page && (*page).slice_count == 1 {
+                if self.queues.holds_only(c, page) && (*page).slice_count == 1 {
                     return;
                 }
-                self.queue_remove(c, page);
+                self.queues.remove(c, page);
                 self.retire_page(page);
             }
         }
@@ -1303,11 +1238,7 @@ impl Heap {
             }
         }
         self.bins = SpanBins::new();
-        for q in self.queues.iter_mut() {
-            q.first = ptr::null_mut();
-            q.last = ptr::null_mut();
-        }
-        self.direct = [empty_page(); DIRECT_SLOTS];
+        self.queues.clear();
     }
 
     /// Returns free memory of a segment about to be abandoned. Under thread
@@ -1330,7 +1261,7 @@ impl Heap {
                 return;
             }
             let keep = (*seg).used_slices.max(PURGE_RESERVE_MIN / SLICE_SIZE);
-            if self.global.resident_free_slices(seg) > keep + TRIM_SLACK {
+            if (*seg).resident_free_slices() > keep + TRIM_SLACK {
                 self.global.trim_segment(seg, keep);
             }
         }
@@ -1361,7 +1292,7 @@ impl Heap {
                         let has_room =
                             !p.free.is_null() || !p.local_free.is_null() || p.capacity < p.reserved;
                         if has_room || !p.thread_free.set_notify(Notify::Notify) {
-                            self.queue_push_back(p.class as usize, page);
+                            self.queues.push_back(p.class as usize, page);
                         } else {
                             p.in_full = true;
                         }
@@ -1468,14 +1399,14 @@ impl Heap {
     pub fn release_empty_pages(&mut self) {
         self.drain_delayed();
         for c in 0..NUM_CLASSES {
-            let mut page = self.queues[c].first;
+            let mut page = self.queues.first(c);
             while !page.is_null() {
                 // SAFETY: queued pages are our own slabs.
                 unsafe {
                     let next = (*page).next;
                     (*page).collect();
                     if (*page).used == 0 {
-                        self.queue_remove(c, page);
+                        self.queues.remove(c, page);
                         self.retire_page(page);
                     }
                     page = next;
@@ -1570,81 +1501,6 @@ impl Heap {
             global.decay(now);
         }
     }
-
-    // ----------------------------------------------------------------------
-    // Queues
-    // ----------------------------------------------------------------------
-
-    /// Points the direct-table slots of class `c` at its first page.
-    #[inline]
-    fn sync_direct(&mut self, c: usize) {
-        if c >= DIRECT_CLASSES {
-            return;
-        }
-        let first = self.queues[c].first;
-        let entry = if first.is_null() { empty_page() } else { first };
-        let (lo, hi) = direct_slots(c);
-        for slot in &mut self.direct[lo..=hi] {
-            *slot = entry;
-        }
-    }
-
-    unsafe fn queue_push_front(&mut self, c: usize, page: *mut Span) {
-        let q = &mut self.queues[c];
-        // SAFETY: `page` is an own, unqueued slab.
-        unsafe {
-            (*page).prev = ptr::null_mut();
-            (*page).next = q.first;
-            if q.first.is_null() {
-                q.last = page;
-            } else {
-                (*q.first).prev = page;
-            }
-        }
-        q.first = page;
-        self.sync_direct(c);
-    }
-
-    unsafe fn queue_push_back(&mut self, c: usize, page: *mut Span) {
-        let q = &mut self.queues[c];
-        // SAFETY: `page` is an own, unqueued slab.
-        unsafe {
-            (*page).next = ptr::null_mut();
-            (*page).prev = q.last;
-            if q.last.is_null() {
-                q.first = page;
-            } else {
-                (*q.last).next = page;
-            }
-        }
-        q.last = page;
-        if q.first == page {
-            self.sync_direct(c);
-        }
-    }
-
-    unsafe fn queue_remove(&mut self, c: usize, page: *mut Span) {
-        let q = &mut self.queues[c];
-        // SAFETY: `page` is linked in queue `c`.
-        unsafe {
-            let (prev, next) = ((*page).prev, (*page).next);
-            if prev.is_null() {
-                q.first = next;
-            } else {
-                (*prev).next = next;
-            }
-            if next.is_null() {
-                q.last = prev;
-            } else {
-                (*next).prev = prev;
-            }
-            (*page).next = ptr::null_mut();
-            (*page).prev = ptr::null_mut();
-            if prev.is_null() {
-                self.sync_direct(c);
-            }
-        }
-    }
 }
 
 /// Resolves a pointer into its live block, or says why it is not one.
@@ -1716,20 +1572,19 @@ pub fn owns(p: *const u8) -> bool {
 
 /// Sums every heap's counters with the global ones.
 pub fn snapshot(global: &Global) -> Snapshot {
-    let reg = global.heaps.lock();
+    let pool = global.heaps.lock();
     let mut s = global.retired_snapshot();
-    let mut h = reg.all as *const Heap;
-    while !h.is_null() {
-        // SAFETY: registered heaps are never unmapped; counters are atomics.
-        unsafe {
-            let st = &(*h).stats;
-            let (m, f, bytes) = st.totals();
-            s.mallocs += m;
-            s.frees += f;
-            s.allocated = s.allocated.wrapping_add(bytes);
-            s.remote_frees += st.remote_frees.load(Ordering::Relaxed);
-            h = (*h).all_next;
-        }
-    }
+    pool.for_each_live(size_of::<Heap>(), |h| {
+        // SAFETY: live records are initialised heaps; counters are atomics.
+        let st = unsafe { &(*(h as *const Heap)).stats };
+        let (m, f, bytes) = st.totals();
+        s.mallocs += m;
+        s.frees += f;
+        s.allocated = s.allocated.wrapping_add(bytes);
+        s.remote_frees += st.remote_frees.load(Ordering::Relaxed);
+    });
     s
 }
+
+// The heap struct fits the pool's records (at most 64 a chunk).
+const _: () = assert!(crate::pool::records_per_chunk(size_of::<Heap>()) >= 1);

@@ -23,14 +23,19 @@
 
 #![cfg_attr(not(test), no_std)]
 
+pub mod abandoned;
 pub mod bins;
 pub mod block;
+pub mod cache;
 pub mod fatal;
+pub mod fork;
 pub mod global;
 pub mod heap;
 pub mod layout;
 pub mod options;
+pub mod pool;
 pub mod provider;
+pub mod queues;
 pub mod remote;
 pub mod segment;
 pub mod segment_map;

@@ -212,6 +212,104 @@ impl Segment {
         }
     }
 
+    /// How many slices of the dirty free spans may be resident.
+    pub fn resident_free_slices(&self) -> usize {
+        let mut total = 0;
+        self.for_each_span(|idx, len| {
+            let d = &self.slices[idx];
+            if d.kind == SpanKind::Free && d.dirty {
+                total += self.resident_count(idx, len);
+            }
+        });
+        total
+    }
+
+    /// Forgets the touched slices of the free span at `idx` (`n` slices)
+    /// from slice `from` on, calling `decommit(addr, len)` for each run;
+    /// the span is clean afterwards only when `from` is its start (and then
+    /// reads as zero if `zero_after`). Returns how many slices went.
+    pub fn decommit_span_tail(
+        &mut self,
+        idx: usize,
+        n: usize,
+        from: usize,
+        zero_after: bool,
+        mut decommit: impl FnMut(usize, usize),
+    ) -> usize {
+        let base = self.base();
+        let mut decommitted = 0;
+        self.take_resident(from, idx + n - from, |first, len| {
+            decommit(base + first * SLICE_SIZE, len * SLICE_SIZE);
+            decommitted += len;
+        });
+        if from == idx {
+            let d = &mut self.slices[idx];
+            d.dirty = false;
+            d.span_is_zero = zero_after;
+        }
+        decommitted
+    }
+
+    /// Forgets the touched free slices beyond the `keep` lowest-addressed
+    /// ones (heaps carve from low addresses first, so those are reused
+    /// soonest), calling `decommit(addr, len)` for each run.
+    pub fn trim_free(
+        &mut self,
+        mut keep: usize,
+        zero_after: bool,
+        mut decommit: impl FnMut(usize, usize),
+    ) {
+        let mut idx = HEADER_SLICES;
+        while idx < SLICES_PER_SEGMENT {
+            let len = (self.slices[idx].slice_count as usize).max(1);
+            let d = &self.slices[idx];
+            if d.kind == SpanKind::Free && d.dirty {
+                let mut from = idx;
+                while keep > 0 && from < idx + len {
+                    if self.resident_count(from, 1) == 1 {
+                        keep -= 1;
+                    }
+                    from += 1;
+                }
+                self.decommit_span_tail(idx, len, from, zero_after, &mut decommit);
+            }
+            idx += len;
+        }
+    }
+
+    /// Whether other threads have freed every block of every used span
+    /// since the segment was abandoned (counted in the thread-free words;
+    /// no block is read).
+    pub fn all_blocks_freed(&self) -> bool {
+        let mut all = true;
+        self.for_each_span(|idx, _| {
+            let d = &self.slices[idx];
+            if matches!(d.kind, SpanKind::Slab | SpanKind::Large) && d.thread_free.count() != d.used
+            {
+                all = false;
+            }
+        });
+        all
+    }
+
+    /// Turns every used span into a dirty free span (the segment's blocks
+    /// are all free) and returns how many slices that freed.
+    pub fn free_all_spans(&mut self) -> usize {
+        let mut freed = 0;
+        let mut idx = HEADER_SLICES;
+        while idx < SLICES_PER_SEGMENT {
+            let len = (self.slices[idx].slice_count as usize).max(1);
+            if matches!(self.slices[idx].kind, SpanKind::Slab | SpanKind::Large) {
+                self.slices[idx].thread_free.reset();
+                self.mark_free(idx, len, true, false);
+                freed += len;
+            }
+            idx += len;
+        }
+        self.used_slices -= freed;
+        freed
+    }
+
     /// Index of the first slice of the span that ends just before `idx`.
     pub fn span_before(&self, idx: usize) -> Option<usize> {
         if idx <= HEADER_SLICES {

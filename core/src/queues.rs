@@ -1,0 +1,201 @@
+//! A heap's size-class queues of slabs, and the direct table that lets the
+//! malloc fast path find the current slab of a small request with one load.
+//!
+//! Each class has a doubly linked queue of its slabs with room, linked
+//! through `Span::next/prev`; the first one serves allocations. For every
+//! request size up to `DIRECT_MAX`, `direct[direct_index(size)]` points at
+//! the first slab of the size's class, or at a shared span that never has
+//! free blocks, so the fast path needs no null check. Every queue operation
+//! keeps the direct table in step.
+
+use core::cell::UnsafeCell;
+use core::ptr;
+
+use crate::size_class::{
+    direct_index, direct_slots, DIRECT_CLASSES, DIRECT_MAX, DIRECT_SLOTS, NUM_CLASSES,
+};
+use crate::span::Span;
+
+/// A descriptor that never has free blocks: the direct-table entry of a
+/// class with no queued slab. Nothing ever writes to it (a slab is only
+/// written after a block was found on its free list).
+struct EmptySpan(UnsafeCell<Span>);
+// SAFETY: the span is never written, only read.
+unsafe impl Sync for EmptySpan {}
+static EMPTY_SPAN: EmptySpan = EmptySpan(UnsafeCell::new(Span::EMPTY));
+
+#[inline(always)]
+fn empty_span() -> *mut Span {
+    EMPTY_SPAN.0.get()
+}
+
+#[derive(Clone, Copy)]
+struct Queue {
+    first: *mut Span,
+    last: *mut Span,
+}
+
+/// The queues of one heap.
+#[repr(C)]
+pub struct SlabQueues {
+    direct: [*mut Span; DIRECT_SLOTS],
+    queues: [Queue; NUM_CLASSES],
+}
+
+impl SlabQueues {
+    /// Empty queues.
+    pub fn new() -> Self {
+        SlabQueues {
+            direct: [empty_span(); DIRECT_SLOTS],
+            queues: [Queue {
+                first: ptr::null_mut(),
+                last: ptr::null_mut(),
+            }; NUM_CLASSES],
+        }
+    }
+
+    /// The first slab of the class serving a request of `size` bytes, or
+    /// the never-free span when that queue is empty: one load.
+    ///
+    /// # Safety
+    /// `size` must be at most `DIRECT_MAX`; unchecked so the fast path has
+    /// no panic branch.
+    #[inline(always)]
+    pub unsafe fn direct(&self, size: usize) -> *mut Span {
+        debug_assert!(size <= DIRECT_MAX);
+        // SAFETY: `direct_index(size) < DIRECT_SLOTS` for such sizes.
+        unsafe { *self.direct.get_unchecked(direct_index(size)) }
+    }
+
+    /// The first slab of class `c`'s queue, or null.
+    #[inline]
+    pub fn first(&self, c: usize) -> *mut Span {
+        self.queues[c].first
+    }
+
+    /// [`SlabQueues::first`] without the bounds check.
+    ///
+    /// # Safety
+    /// `c` must be a size class; unchecked so the inline paths that call
+    /// this have no panic branch.
+    #[inline(always)]
+    pub unsafe fn first_unchecked(&self, c: usize) -> *mut Span {
+        debug_assert!(c < NUM_CLASSES);
+        // SAFETY: the caller's contract.
+        unsafe { self.queues.get_unchecked(c).first }
+    }
+
+    /// Whether class `c`'s queue holds exactly `span`.
+    pub fn holds_only(&self, c: usize, span: *mut Span) -> bool {
+        let q = self.queues[c];
+        q.first == span && q.last == span
+    }
+
+    /// Forgets every queue (the heap gave its segments away).
+    pub fn clear(&mut self) {
+        *self = Self::new();
+    }
+
+    /// Points the direct-table slots of class `c` at its first slab.
+    #[inline]
+    fn sync_direct(&mut self, c: usize) {
+        if c >= DIRECT_CLASSES {
+            return;
+        }
+        let first = self.queues[c].first;
+        let entry = if first.is_null() { empty_span() } else { first };
+        let (lo, hi) = direct_slots(c);
+        for slot in &mut self.direct[lo..=hi] {
+            *slot = entry;
+        }
+    }
+
+    /// Puts a slab at the front of class `c`'s queue.
+    ///
+    /// # Safety
+    /// `span` must be a slab of class `c` of the heap, in no queue.
+    pub unsafe fn push_front(&mut self, c: usize, span: *mut Span) {
+        let q = &mut self.queues[c];
+        // SAFETY: the caller's contract.
+        unsafe {
+            (*span).prev = ptr::null_mut();
+            (*span).next = q.first;
+            if q.first.is_null() {
+                q.last = span;
+            } else {
+                (*q.first).prev = span;
+            }
+        }
+        q.first = span;
+        self.sync_direct(c);
+    }
+
+    /// Puts a slab at the back of class `c`'s queue.
+    ///
+    /// # Safety
+    /// As [`SlabQueues::push_front`].
+    pub unsafe fn push_back(&mut self, c: usize, span: *mut Span) {
+        let q = &mut self.queues[c];
+        // SAFETY: the caller's contract.
+        unsafe {
+            (*span).next = ptr::null_mut();
+            (*span).prev = q.last;
+            if q.last.is_null() {
+                q.first = span;
+            } else {
+                (*q.last).next = span;
+            }
+        }
+        q.last = span;
+        if q.first == span {
+            self.sync_direct(c);
+        }
+    }
+
+    /// Takes a slab out of class `c`'s queue.
+    ///
+    /// # Safety
+    /// `span` must be linked in class `c`'s queue.
+    pub unsafe fn remove(&mut self, c: usize, span: *mut Span) {
+        let q = &mut self.queues[c];
+        // SAFETY: the caller's contract.
+        unsafe {
+            let (prev, next) = ((*span).prev, (*span).next);
+            if prev.is_null() {
+                q.first = next;
+            } else {
+                (*prev).next = next;
+            }
+            if next.is_null() {
+                q.last = prev;
+            } else {
+                (*next).prev = prev;
+            }
+            (*span).next = ptr::null_mut();
+            (*span).prev = ptr::null_mut();
+            if prev.is_null() {
+                self.sync_direct(c);
+            }
+        }
+    }
+
+    /// Moves a queued slab to the front of class `c`'s queue.
+    ///
+    /// # Safety
+    /// As [`SlabQueues::remove`].
+    pub unsafe fn move_to_front(&mut self, c: usize, span: *mut Span) {
+        if self.queues[c].first != span {
+            // SAFETY: the caller's contract.
+            unsafe {
+                self.remove(c, span);
+                self.push_front(c, span);
+            }
+        }
+    }
+}
+
+impl Default for SlabQueues {
+    fn default() -> Self {
+        Self::new()
+    }
+}
