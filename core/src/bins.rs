@@ -1,6 +1,7 @@
-//! Bins of free spans, owned by one heap: O(1) insert and remove, and a
-//! bitmap of non-empty bins so the smallest fitting span is found without
-//! scanning empty bins.
+//! Bins of free spans, owned by one heap, and the carving and coalescing of
+//! spans inside the heap's segments: O(1) insert and remove, and a bitmap of
+//! non-empty bins so the smallest fitting span is found without scanning
+//! empty bins.
 //!
 //! Spans of fewer than 8 slices have a bin per length; above that, four
 //! bins per power of two. A request looks first-fit in its own bin and
@@ -8,7 +9,9 @@
 
 use core::ptr;
 
-use crate::span::Span;
+use crate::layout::{align_up, segment_of, SLICES_PER_SEGMENT, SLICE_SIZE};
+use crate::segment::Segment;
+use crate::span::{Span, SpanKind};
 
 const BINS: usize = 64;
 
@@ -129,6 +132,105 @@ impl SpanBins {
             }
         }
         best
+    }
+
+    /// Carves a used span of `n` slices of `kind` starting on an `align`
+    /// boundary (`align >= SLICE_SIZE`) out of a binned span; its memory is
+    /// committed with `commit(addr, len)`. The rest of the free span goes
+    /// back to the bins. Returns the segment, the span's first slice, and
+    /// whether dirty free memory was binned (the heap schedules its purge);
+    /// `None` when no binned span fits or the commit fails.
+    ///
+    /// # Safety
+    /// Every binned span must be a free span of a segment the caller holds.
+    pub unsafe fn carve(
+        &mut self,
+        n: usize,
+        align: usize,
+        kind: SpanKind,
+        commit: impl FnOnce(usize, usize) -> bool,
+    ) -> Option<(*mut Segment, usize, bool)> {
+        let extra = (align - SLICE_SIZE) / SLICE_SIZE;
+        // SAFETY: the caller's contract.
+        unsafe {
+            let span = self.take(n + extra);
+            if span.is_null() {
+                return None;
+            }
+            let seg = segment_of(span);
+            let s = &mut *seg;
+            let idx = s.index_of(span);
+            let m = (*span).slice_count as usize;
+            let (dirty, zero) = ((*span).dirty, (*span).span_is_zero);
+            let head = (align_up(s.slice_addr(idx), align) - s.slice_addr(idx)) / SLICE_SIZE;
+            let at = idx + head;
+            if !commit(s.slice_addr(at), n * SLICE_SIZE) {
+                s.mark_free(idx, m, dirty, zero);
+                self.insert(span);
+                return None;
+            }
+            s.mark_used(at, n, kind);
+            s.mark_resident(at, n);
+            s.slices[at].span_is_zero = zero;
+            let mut binned_dirty = false;
+            if head > 0 {
+                binned_dirty |= self.insert_free(seg, idx, head, dirty, zero);
+            }
+            if m > head + n {
+                binned_dirty |= self.insert_free(seg, at + n, m - head - n, dirty, zero);
+            }
+            s.used_slices += n;
+            Some((seg, at, binned_dirty))
+        }
+    }
+
+    /// Makes `[idx, idx+n)` of `seg` a free span, merged with its free
+    /// neighbours, and bins it. Returns whether the merged span is dirty
+    /// (may hold resident pages): the heap then schedules its purge.
+    ///
+    /// # Safety
+    /// The caller holds `seg`, whose free spans are all in these bins; the
+    /// slices are unused.
+    pub unsafe fn insert_free(
+        &mut self,
+        seg: *mut Segment,
+        idx: usize,
+        n: usize,
+        dirty: bool,
+        zero: bool,
+    ) -> bool {
+        // SAFETY: the caller's contract: any free neighbour found through
+        // the boundary tags is in these bins.
+        unsafe {
+            let s = &mut *seg;
+            let (mut idx, mut n, mut dirty, mut zero) = (idx, n, dirty, zero);
+            let r = idx + n;
+            if r < SLICES_PER_SEGMENT {
+                let right: *mut Span = &mut s.slices[r];
+                if (*right).kind == SpanKind::Free && (*right).slice_count > 0 {
+                    self.remove(right);
+                    n += (*right).slice_count as usize;
+                    dirty |= (*right).dirty;
+                    zero &= (*right).span_is_zero;
+                    (*right).slice_count = 0;
+                }
+            }
+            if let Some(l) = s.span_before(idx) {
+                let left: *mut Span = &mut s.slices[l];
+                if (*left).kind == SpanKind::Free && (*left).slice_count as usize == idx - l {
+                    self.remove(left);
+                    s.slices[idx].slice_count = 0;
+                    s.slices[idx].kind = SpanKind::Free;
+                    n += idx - l;
+                    dirty |= (*left).dirty;
+                    zero &= (*left).span_is_zero;
+                    idx = l;
+                }
+            }
+            s.mark_free(idx, n, dirty, zero);
+            self.insert(&mut s.slices[idx]);
+            dirty
+        }
     }
 
     /// Calls `f` on every binned span; `f` may not relink spans.

@@ -11,6 +11,7 @@ use core::mem::size_of;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use crate::block::next_of;
 use crate::layout::{SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE};
 use crate::span::{Span, SpanKind};
 
@@ -308,6 +309,58 @@ impl Segment {
         }
         self.used_slices -= freed;
         freed
+    }
+
+    /// Takes the remote frees of every used span into its local lists and
+    /// turns the spans that became empty into dirty free spans, neither
+    /// binned nor coalesced (the holder does that). Returns how many slices
+    /// were freed.
+    ///
+    /// # Safety
+    /// The caller holds the segment (owns it or is adopting or abandoning
+    /// it), `key` is its heaps' link key, and no used span is queued.
+    pub unsafe fn sweep(&mut self, key: usize) -> usize {
+        let mut freed = 0;
+        let mut idx = HEADER_SLICES;
+        while idx < SLICES_PER_SEGMENT {
+            let n = (self.slices[idx].slice_count as usize).max(1);
+            let span: *mut Span = &mut self.slices[idx];
+            // SAFETY: the caller's contract; remote lists hold blocks of
+            // their own span, linked with `key`.
+            unsafe {
+                if matches!((*span).kind, SpanKind::Slab | SpanKind::Large) {
+                    (*span).next = ptr::null_mut();
+                    (*span).prev = ptr::null_mut();
+                    let (mut b, _) = (*span).thread_free.take();
+                    while !b.is_null() {
+                        let next = next_of(b, key);
+                        if (*span).kind == SpanKind::Slab {
+                            (*span).push_local(b, key);
+                        } else {
+                            (*span).used = 0;
+                        }
+                        b = next;
+                    }
+                    if (*span).used == 0 {
+                        freed += self.free_empty_span(idx);
+                    }
+                }
+            }
+            idx += n;
+        }
+        freed
+    }
+
+    /// Turns the empty used span at `idx` into a dirty free span (unbinned,
+    /// uncoalesced) and returns its length in slices.
+    pub fn free_empty_span(&mut self, idx: usize) -> usize {
+        let d = &mut self.slices[idx];
+        let n = d.slice_count as usize;
+        d.kind = SpanKind::Free;
+        d.dirty = true;
+        d.span_is_zero = false;
+        self.used_slices -= n;
+        n
     }
 
     /// Index of the first slice of the span that ends just before `idx`.

@@ -1,0 +1,153 @@
+//! Thread exit and thread start: a heap going away abandons its segments
+//! with their live blocks; a heap that needs a segment adopts one.
+
+use core::sync::atomic::Ordering;
+
+use crate::bins::SpanBins;
+use crate::fatal::Misuse;
+use crate::layout::{SLICES_PER_SEGMENT, SLICE_SIZE};
+use crate::remote::Notify;
+use crate::segment::{Segment, HEADER_SLICES};
+use crate::span::{Span, SpanKind};
+
+use super::*;
+
+impl Heap {
+    // ----------------------------------------------------------------------
+    // Abandonment and adoption
+    // ----------------------------------------------------------------------
+
+    /// Takes remote frees of every used span of `seg` into local lists and
+    /// turns spans that became empty into (uncoalesced) free spans.
+    pub(super) unsafe fn sweep_segment(&mut self, seg: *mut Segment) {
+        // SAFETY: `seg` is owned by this heap (or being adopted by it).
+        unsafe {
+            let freed = (*seg).sweep(self.key);
+            if freed > 0 {
+                self.global.stats.sub_active(freed * SLICE_SIZE);
+                self.schedule_purge(seg);
+            }
+        }
+    }
+
+    /// Gives up every segment: drains notifications, returns empty segments
+    /// and pushes the rest on the abandoned list.
+    pub(super) fn abandon_all(&mut self) {
+        self.drain_delayed();
+        // No page may stay in `Notify`: remote freers would then reach for
+        // this heap after it is gone. `set_notify` waits out `Notifying`.
+        let mut seg = self.segments;
+        while !seg.is_null() {
+            // SAFETY: owned segments; spans are walked by their tags.
+            unsafe {
+                let s = &*seg;
+                let mut idx = HEADER_SLICES;
+                while idx < SLICES_PER_SEGMENT {
+                    let d = &s.slices[idx];
+                    if matches!(d.kind, SpanKind::Slab | SpanKind::Large) {
+                        d.thread_free.set_notify(Notify::Normal);
+                    }
+                    idx += (d.slice_count as usize).max(1);
+                }
+                seg = s.next;
+            }
+        }
+        self.drain_delayed();
+        while !self.segments.is_null() {
+            let seg = self.segments;
+            // SAFETY: owned segment, unlinked before it is handed on.
+            unsafe {
+                self.unlink_segment(seg);
+                self.sweep_segment(seg);
+                if (*seg).used_slices == 0 {
+                    (*seg).owner.store(0, Ordering::Release);
+                    self.global.retire_segment(seg);
+                } else {
+                    self.trim_before_abandoning(seg);
+                    (*seg).owner.store(0, Ordering::Release);
+                    self.global.push_abandoned(seg);
+                }
+            }
+        }
+        self.bins = SpanBins::new();
+        self.queues.clear();
+    }
+
+    /// Returns free memory of a segment about to be abandoned. Under thread
+    /// churn a segment passes from heap to heap, each living too short a
+    /// time to run its own decay check, and each owner touches a few more
+    /// slices: memory whose purge is due goes back now, and otherwise the
+    /// segment keeps as many free slices resident as it has used ones (the
+    /// next owner's likely need; the lowest, which are carved first). The
+    /// rest is purged while abandoned if nobody adopts it in time (see
+    /// `Global::purge_abandoned`).
+    ///
+    /// # Safety
+    /// `seg` is an own segment, swept, about to be abandoned.
+    pub(super) unsafe fn trim_before_abandoning(&mut self, seg: *mut Segment) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            self.schedule_purge(seg);
+            if self.now >= (*seg).purge_at {
+                self.global.purge_segment(seg);
+                return;
+            }
+            let keep = (*seg).used_slices.max(PURGE_RESERVE_MIN / SLICE_SIZE);
+            if (*seg).resident_free_slices() > keep + TRIM_SLACK {
+                self.global.trim_segment(seg, keep);
+            }
+        }
+    }
+
+    /// Takes over an abandoned segment with its live blocks.
+    pub(super) unsafe fn adopt(&mut self, seg: *mut Segment) {
+        // SAFETY: the segment was popped from the abandoned list, so only we
+        // touch its metadata (remote freers touch only `thread_free`).
+        unsafe {
+            if !(*seg).cookie_ok(self.key) {
+                self.global.misuse(Misuse::HeaderCorruption, seg as usize);
+            }
+            // Owner first: a page set to `Notify` below must lead remote
+            // freers to us.
+            (*seg).owner.store(self.id(), Ordering::Release);
+            self.link_segment(seg);
+            self.sweep_segment(seg);
+            let s = &mut *seg;
+            let mut idx = HEADER_SLICES;
+            while idx < SLICES_PER_SEGMENT {
+                let n = (s.slices[idx].slice_count as usize).max(1);
+                let page: *mut Span = &mut s.slices[idx];
+                match (*page).kind {
+                    SpanKind::Slab => {
+                        let p = &mut *page;
+                        p.in_full = false;
+                        let has_room =
+                            !p.free.is_null() || !p.local_free.is_null() || p.capacity < p.reserved;
+                        if has_room || !p.thread_free.set_notify(Notify::Notify) {
+                            self.queues.push_back(p.class as usize, page);
+                        } else {
+                            p.in_full = true;
+                        }
+                    }
+                    SpanKind::Large => {
+                        (*page).in_full = true;
+                        // A remote free racing in leaves the block on the
+                        // list; notify refuses then, and we free it here.
+                        while !(*page).thread_free.set_notify(Notify::Notify) {
+                            if !(*page).thread_free.take().0.is_null() {
+                                (*page).used = 0;
+                                s.free_empty_span(idx);
+                                self.global.stats.sub_active(n * SLICE_SIZE);
+                                break;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                idx += n;
+            }
+            let bins: *mut SpanBins = &mut self.bins;
+            s.coalesce_all(|s, i| (*bins).insert(&mut s.slices[i]));
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The free paths: own blocks onto their slab's local list, other heaps'
+//! blocks through the remote-free protocol, slabs and segments that become
+//! empty.
+
+use core::sync::atomic::Ordering;
+
+use crate::block::{next_of, Block};
+use crate::fatal::Misuse;
+use crate::layout::{
+    segment_base_of, segment_of, SEGMENT_MASK, SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE,
+};
+use crate::remote::{Notify, RemotePush};
+use crate::segment::{Segment, HEADER_SLICES};
+use crate::segment_map;
+use crate::span::{Span, SpanKind, TAG_QUEUED_SLAB};
+use crate::stats::bump;
+
+use super::*;
+
+impl Heap {
+    // ----------------------------------------------------------------------
+    // Free
+    // ----------------------------------------------------------------------
+
+    /// Frees a block from any heap. Foreign pointers (not from this
+    /// allocator) are ignored; detected misuse ends the process.
+    ///
+    /// # Safety
+    /// `p` must be null, a foreign pointer, or a block from this allocator
+    /// instance that is not used afterwards.
+    #[inline(always)]
+    pub unsafe fn free(&mut self, p: *mut u8) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            if !self.try_free_fast(p) {
+                self.free_not_fast(p);
+            }
+        }
+    }
+
+    /// The free fast path alone: frees `p` if it is a block of a queued
+    /// slab of this heap (returns true), else does nothing and returns
+    /// false, leaving the pointer to [`Heap::free`].
+    ///
+    /// # Safety
+    /// As [`Heap::free`].
+    #[inline(always)]
+    pub unsafe fn try_free_fast(&mut self, p: *mut u8) -> bool {
+        let addr = p as usize;
+        let seg_base = segment_base_of(addr);
+        if !segment_map::contains(seg_base) {
+            return false;
+        }
+        // SAFETY: the segment map says a live segment header is there.
+        unsafe {
+            let seg = seg_base as *mut Segment;
+            // The common case, checked cheaply: a block boundary in the
+            // first slice of a queued slab of our own segment (one tag
+            // compare). Everything else takes the fully validating slow path.
+            if (*seg).owner() != self.id() {
+                return false;
+            }
+            // The slice index, wrapped to the segment: the one pointer that
+            // `segment_base_of` maps to this segment from outside it (its
+            // end) lands on the header's descriptor, which is never a slab.
+            let idx = (addr >> SLICE_SHIFT) & (SLICES_PER_SEGMENT - 1);
+            let d: *mut Span = (*seg).slices.as_mut_ptr().add(idx);
+            if (*d).tag() != TAG_QUEUED_SLAB || !(*d).is_block_offset(addr - (*d).start) {
+                return false;
+            }
+            let b = p as *mut Block;
+            let link = next_of(b, self.key) as usize;
+            // A free block's link is null or points into its segment; live
+            // blocks have their link cleared at allocation, so seeing one is
+            // rare enough to confirm out of line, by scanning the page.
+            if link == 0 || (link ^ addr) <= SEGMENT_MASK {
+                self.free_suspected_double(d, b);
+                return true;
+            }
+            // Counting first lets the `used` decrement feed the emptiness
+            // test directly.
+            self.stats.count_class_free((*d).class as usize);
+            (*d).push_local(b, self.key);
+            if (*d).used == 0 {
+                self.after_local_free(d);
+            }
+            true
+        }
+    }
+
+    /// Everything `try_free_fast` leaves: null and foreign pointers, other
+    /// heaps' blocks, large and huge blocks, full pages, misuse.
+    #[cold]
+    #[inline(never)]
+    pub(super) unsafe fn free_not_fast(&mut self, p: *mut u8) {
+        let addr = p as usize;
+        let seg_base = segment_base_of(addr);
+        if !segment_map::contains(seg_base) {
+            if !p.is_null() {
+                self.global
+                    .stats
+                    .foreign_frees
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        // SAFETY: a live segment is there.
+        unsafe { self.free_slow(seg_base as *mut Segment, addr) }
+    }
+
+    /// Frees a block of one of this heap's slabs, after a cheap check for a
+    /// double free.
+    ///
+    /// # Safety
+    /// `b` must be a block start of the slab `page`, owned by this heap.
+    #[inline(always)]
+    pub(super) unsafe fn free_to_own_slab(&mut self, page: *mut Span, b: *mut Block) {
+        // SAFETY: the caller guarantees `page` is our slab holding `b`.
+        unsafe {
+            let link = next_of(b, self.key) as usize;
+            // A free block's link is null or points into its segment; live
+            // blocks have their link cleared at allocation, so seeing one is
+            // rare enough to confirm out of line, by scanning the page.
+            if link == 0 || (link ^ b as usize) <= SEGMENT_MASK {
+                return self.free_suspected_double(page, b);
+            }
+            (*page).push_local(b, self.key);
+            self.stats.count_class_free((*page).class as usize);
+            if (*page).used == 0 || (*page).in_full {
+                self.after_local_free(page);
+            }
+        }
+    }
+
+    /// A block whose first word looks like a free-list link: a double free
+    /// if the page's lists hold it, otherwise a live block whose data merely
+    /// looks like a link, freed normally.
+    #[cold]
+    #[inline(never)]
+    pub(super) unsafe fn free_suspected_double(&mut self, page: *mut Span, b: *mut Block) {
+        // SAFETY: the caller passes our slab and a block start in it.
+        unsafe {
+            if (*page).list_contains(b, self.key) {
+                self.global.misuse(Misuse::DoubleFree, b as usize);
+            }
+            (*page).push_local(b, self.key);
+            self.stats.count_class_free((*page).class as usize);
+            if (*page).used == 0 || (*page).in_full {
+                self.after_local_free(page);
+            }
+        }
+    }
+
+    /// Frees everything the fast path does not: large blocks, blocks of
+    /// other heaps, huge blocks, and misuse.
+    #[cold]
+    #[inline(never)]
+    pub(super) unsafe fn free_slow(&mut self, seg: *mut Segment, addr: usize) {
+        // SAFETY: `seg` is a live segment (checked by the caller).
+        unsafe {
+            let (page, usable) = match find_block(seg, addr) {
+                Found::Block(page, usable) => (page, usable),
+                Found::Invalid(m) => {
+                    let m = if m == Misuse::InvalidRealloc {
+                        Misuse::InvalidFree
+                    } else {
+                        m
+                    };
+                    self.global.misuse(m, addr)
+                }
+            };
+            let b = addr as *mut Block;
+            if !(*seg).is_huge && (*seg).owner() == self.id() && (*page).kind == SpanKind::Slab {
+                // Own slab block the fast path did not take (multi-slice
+                // slab): the same checks and bookkeeping.
+                self.free_to_own_slab(page, b);
+                return;
+            }
+            if !(*seg).is_huge && (*page).kind == SpanKind::Slab {
+                self.stats.count_class_free((*page).class as usize);
+            } else {
+                bump(&self.stats.frees, 1);
+                bump(&self.stats.free_bytes, usable as u64);
+            }
+            if (*seg).is_huge {
+                self.global.free_huge(seg, true);
+                return;
+            }
+            if (*seg).owner() == self.id() {
+                // Own large block.
+                self.free_own_block(page, b);
+                return;
+            }
+            bump(&self.stats.remote_frees, 1);
+            if (*page).thread_free.push(b, self.key, false) == RemotePush::MustNotify {
+                self.hand_over(page, seg, b);
+            }
+        }
+    }
+
+    /// Hands a block of a parked full page to the page's owner through its
+    /// delayed-free list, which brings the page back into the owner's
+    /// queue. Two steps that a `fork` must not split (a child would find
+    /// the page `Notifying` for ever), hence the fork guard around them.
+    #[cold]
+    #[inline(never)]
+    pub(super) unsafe fn hand_over(&mut self, page: *mut Span, seg: *mut Segment, b: *mut Block) {
+        let _guard = self.global.fork_guard();
+        // SAFETY: `b` is a live block of `page` given up by the caller;
+        // while we hold `Notifying` the owner cannot go away.
+        unsafe {
+            if (*page).thread_free.push(b, self.key, true) == RemotePush::Notifying {
+                self.global.fork_gate().run_handoff_hook();
+                let owner = (*seg).owner.load(Ordering::Acquire) as *const Heap;
+                (*owner).delayed.push(b, (*owner).key);
+                (*page).thread_free.end_notifying();
+            }
+        }
+    }
+
+    /// Frees a block of a page this heap owns (slab or large).
+    pub(super) unsafe fn free_own_block(&mut self, page: *mut Span, b: *mut Block) {
+        // SAFETY: the caller guarantees `page` is ours and `b` live in it.
+        unsafe {
+            if (*page).kind == SpanKind::Large {
+                (*page).used = 0;
+                self.retire_page(page);
+            } else {
+                (*page).push_local(b, self.key);
+                if (*page).used == 0 || (*page).in_full {
+                    self.after_local_free(page);
+                }
+            }
+        }
+    }
+
+    /// A local free emptied a page or hit a parked full page.
+    #[cold]
+    pub(super) unsafe fn after_local_free(&mut self, page: *mut Span) {
+        // SAFETY: `page` is an own slab.
+        unsafe {
+            let c = (*page).class as usize;
+            if (*page).in_full {
+                (*page).in_full = false;
+                (*page).thread_free.set_notify(Notify::Normal);
+                self.queues.push_back(c, page);
+            }
+            if (*page).used == 0 {
+                // Keep a lone page to avoid thrashing on alloc/free cycles,
+                // unless it spans several slices (blocks of tens of KiB and
+                // more): re-carving such a slab costs little next to the
+                // blocks' own use, while every class and heap keeping one
+                // would hold megabytes idle.
+                if self.queues.holds_only(c, page) && (*page).slice_count == 1 {
+                    return;
+                }
+                self.queues.remove(c, page);
+                self.retire_page(page);
+            }
+        }
+    }
+
+    /// Returns an empty (unqueued) page's span to the free bins.
+    pub(super) unsafe fn retire_page(&mut self, page: *mut Span) {
+        // SAFETY: `page` is an own, empty, unqueued span.
+        unsafe {
+            // Wait out a remote thread still finishing a notification.
+            (*page).thread_free.set_notify(Notify::Normal);
+            (*page).thread_free.reset();
+            (*page).in_full = false;
+            let seg = segment_of(page);
+            let idx = (*seg).index_of(page);
+            let n = (*page).slice_count as usize;
+            (*seg).used_slices -= n;
+            self.global.stats.sub_active(n * SLICE_SIZE);
+            (*page).kind = SpanKind::Free;
+            (*page).slice_count = 0;
+            self.insert_free(seg, idx, n, true, false);
+            if (*seg).used_slices == 0 {
+                self.segment_emptied(seg);
+            }
+        }
+    }
+
+    /// A segment of this heap has no used span any more. One empty segment
+    /// stays for reuse (until the decay retires it); a second one, or any
+    /// while memory is short, goes back to `Global` now, where every heap
+    /// can get it and a failed reservation can release it. So memory a
+    /// thread freed never strands in its heap while another thread runs
+    /// out.
+    ///
+    /// # Safety
+    /// `seg` is an own segment whose only span is a binned free span.
+    pub(super) unsafe fn segment_emptied(&mut self, seg: *mut Segment) {
+        // SAFETY: own segments, linked through `next`.
+        unsafe {
+            let mut other = self.segments;
+            while !other.is_null() && (other == seg || (*other).used_slices != 0) {
+                other = (*other).next;
+            }
+            if other.is_null() && !self.global.under_pressure() {
+                return;
+            }
+            self.release_segment(seg);
+        }
+    }
+
+    /// Hands an empty own segment back to `Global`.
+    ///
+    /// # Safety
+    /// `seg` is an own segment whose only span is a binned free span.
+    pub(super) unsafe fn release_segment(&mut self, seg: *mut Segment) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            self.bins.remove(&mut (*seg).slices[HEADER_SLICES]);
+            self.unlink_segment(seg);
+            (*seg).owner.store(0, Ordering::Release);
+            self.global.retire_segment(seg);
+        }
+    }
+
+    /// Frees every block other threads handed us through `delayed`.
+    pub(super) fn drain_delayed(&mut self) {
+        let mut b = self.delayed.take();
+        while !b.is_null() {
+            // SAFETY: delayed blocks are live blocks of our own pages.
+            unsafe {
+                let next = next_of(b, self.key);
+                let seg = segment_base_of(b as usize) as *mut Segment;
+                if let Found::Block(page, _) = find_block(seg, b as usize) {
+                    self.free_own_block(page, b);
+                }
+                b = next;
+            }
+        }
+    }
+}

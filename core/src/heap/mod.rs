@@ -1,0 +1,515 @@
+//! Heaps: one per thread (hosted) or per CPU (kernel). A heap owns segments;
+//! it alone allocates from them, frees into them without atomics, and
+//! carves and coalesces their spans. Other threads free into its pages
+//! through the lock-free `thread_free` lists (see `page.rs`).
+//!
+//! Fast paths: `malloc` pops the first page of the size class's queue;
+//! `free` of an own block pushes onto the page's `local_free`. Everything
+//! else (refilling, new slabs, large blocks, retiring pages, delayed frees,
+//! decay) happens on the slow paths below them.
+//!
+//! When a heap goes away (thread exit) its segments are *abandoned*: pushed
+//! on a global list with their live blocks, to be *adopted* by the next heap
+//! that needs a segment. Nothing is lost, and remote frees into abandoned
+//! pages are collected by the adopter.
+
+use core::mem::size_of;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::Ordering;
+
+use crate::bins::SpanBins;
+use crate::fatal::Misuse;
+use crate::global::Global;
+use crate::layout::{
+    segment_base_of, MAX_CLASS_SIZE, MIN_ALIGN, SEGMENT_MASK, SLICES_PER_SEGMENT, SLICE_SIZE,
+};
+use crate::queues::SlabQueues;
+use crate::remote::{DelayedList, Notify};
+use crate::segment::{Segment, HEADER_SLICES};
+use crate::segment_map;
+use crate::size_class::{class_for_aligned, class_of, CLASSES, DIRECT_MAX, NUM_CLASSES};
+use crate::span::{Span, SpanKind};
+use crate::stats::{HeapStats, Snapshot};
+
+mod abandon;
+mod big;
+mod decay;
+mod free;
+mod segments;
+
+/// Bytes of fresh blocks carved per refill: one page, so a thread that
+/// uses a few blocks of many classes touches a page per class, not a
+/// slab's worth (a short-lived thread's footprint is mostly this); still
+/// 256 blocks of the smallest class per slow path.
+const EXTEND_BYTES: usize = 4 * 1024;
+/// The least free memory a heap keeps resident for reuse (see
+/// `Heap::purge`).
+const PURGE_RESERVE_MIN: usize = 1 << 20;
+/// A segment given up at thread exit is trimmed to its resident reserve
+/// only once its free resident slices exceed the reserve by this many: a
+/// `madvise` per exiting thread would cost more than the memory it saves.
+const TRIM_SLACK: usize = 32;
+/// Check for decay every this many slow paths.
+const PURGE_CHECK_INTERVAL: u64 = 64;
+
+/// A thread's (or CPU's) private allocator state.
+pub struct Heap {
+    /// Size-class queues of slabs with room, and the direct table.
+    queues: SlabQueues,
+    key: usize,
+    global: &'static Global,
+    bins: SpanBins,
+    /// Owned segments, linked through `Segment::next/prev`.
+    segments: *mut Segment,
+    /// Blocks freed by other threads into full pages (see `page.rs`).
+    delayed: DelayedList,
+    tick: u64,
+    /// Time of the last decay check (clock ms, or ticks / interval).
+    now: u64,
+    pub stats: HeapStats,
+}
+
+/// What a pointer handed to `free`/`realloc` turned out to be.
+enum Found {
+    /// A live block: its span descriptor and usable bytes.
+    Block(*mut Span, usize),
+    /// Inside the heap but not a live block start.
+    Invalid(Misuse),
+}
+
+impl Heap {
+    /// Creates a heap (reusing a retired one when possible). Its memory
+    /// comes from the provider, never from the allocator itself.
+    pub fn create(global: &'static Global) -> Option<NonNull<Heap>> {
+        global.ensure_init();
+        let mut pool = global.heaps.lock();
+        let h = pool.take(size_of::<Heap>(), |len| global.reserve_meta(len))? as *mut Heap;
+        // SAFETY: the record is ours (marked live in the pool) and big
+        // enough; it is written under the pool lock, which `snapshot` holds
+        // while it reads the counters of every live heap.
+        unsafe {
+            h.write(Heap {
+                queues: SlabQueues::new(),
+                key: global.key(),
+                global,
+                bins: SpanBins::new(),
+                segments: ptr::null_mut(),
+                delayed: DelayedList::new(),
+                tick: 0,
+                // Without a clock, time counts purge checks from 1, so 0
+                // never reads as a time that has passed.
+                now: global.now().unwrap_or(1),
+                stats: HeapStats::new(),
+            });
+        }
+        drop(pool);
+        global.stats.heaps_live.fetch_add(1, Ordering::Relaxed);
+        NonNull::new(h)
+    }
+
+    /// Abandons the heap's segments (live blocks stay valid and are adopted
+    /// later) and returns the heap struct for reuse.
+    ///
+    /// # Safety
+    /// `heap` must come from [`Heap::create`], and nothing may use it
+    /// afterwards.
+    pub unsafe fn destroy(heap: NonNull<Heap>) {
+        let h = heap.as_ptr();
+        // SAFETY: the caller hands over the heap exclusively.
+        unsafe {
+            (*h).abandon_all();
+            let g = (*h).global;
+            g.stats.heaps_live.fetch_sub(1, Ordering::Relaxed);
+            // Under the pool lock, which `snapshot` holds while it sums:
+            // the counters move to the retired totals as the record stops
+            // being live, so nothing is counted twice or lost.
+            let mut pool = g.heaps.lock();
+            g.retire_stats(&(*h).stats);
+            pool.give_back(h as *mut u8, size_of::<Heap>());
+        }
+    }
+
+    /// The allocator instance this heap belongs to.
+    pub fn global(&self) -> &'static Global {
+        self.global
+    }
+
+    #[inline(always)]
+    pub(super) fn id(&self) -> usize {
+        self as *const Heap as usize
+    }
+
+    // ----------------------------------------------------------------------
+    // Allocation
+    // ----------------------------------------------------------------------
+
+    /// Allocates `size` bytes aligned to 16. Null when out of memory.
+    #[inline(always)]
+    pub fn malloc(&mut self, size: usize) -> *mut u8 {
+        let b = self.try_malloc_fast(size);
+        if !b.is_null() {
+            return b;
+        }
+        self.malloc_not_fast(size)
+    }
+
+    /// The allocation fast path alone: a block of the request's size class
+    /// from the class's current page, or null when that takes more (an
+    /// empty page, a large request). Frontends call it inline and
+    /// [`Heap::malloc`] out of line otherwise, so the fast path needs no
+    /// stack frame. Requests up to `DIRECT_MAX` bytes find their page with
+    /// one load; larger ones compute their class first.
+    #[inline(always)]
+    pub fn try_malloc_fast(&mut self, size: usize) -> *mut u8 {
+        // SAFETY: `direct_index(size) < DIRECT_SLOTS`; direct entries are
+        // queued pages of this heap or the empty page; queued pages belong
+        // to this heap.
+        unsafe {
+            // One pop for both branches: two inlined copies would cost the
+            // fast path its frameless shape.
+            let page = if size <= DIRECT_MAX {
+                self.queues.direct(size)
+            } else if size <= MAX_CLASS_SIZE {
+                let page = self.queues.first_unchecked(class_of(size));
+                if page.is_null() {
+                    return ptr::null_mut();
+                }
+                page
+            } else {
+                return ptr::null_mut();
+            };
+            self.pop_counted(page)
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn malloc_not_fast(&mut self, size: usize) -> *mut u8 {
+        if size <= MAX_CLASS_SIZE {
+            self.alloc_class(class_of(size))
+        } else {
+            self.alloc_big(size, MIN_ALIGN, false)
+        }
+    }
+
+    /// Allocates `size` zeroed bytes aligned to 16.
+    #[inline]
+    pub fn zalloc(&mut self, size: usize) -> *mut u8 {
+        if size <= MAX_CLASS_SIZE {
+            self.alloc_class_zeroed(class_of(size), size)
+        } else {
+            self.alloc_big(size, MIN_ALIGN, true)
+        }
+    }
+
+    /// Allocates `size` bytes aligned to `align` (a power of two). The
+    /// memory used is at most about `size + align`.
+    pub fn malloc_aligned(&mut self, size: usize, align: usize) -> *mut u8 {
+        self.alloc_aligned(size, align, false)
+    }
+
+    /// Like [`Heap::malloc_aligned`], zeroed.
+    pub fn zalloc_aligned(&mut self, size: usize, align: usize) -> *mut u8 {
+        self.alloc_aligned(size, align, true)
+    }
+
+    pub(super) fn alloc_aligned(&mut self, size: usize, align: usize, zero: bool) -> *mut u8 {
+        debug_assert!(align.is_power_of_two());
+        if align <= MIN_ALIGN {
+            return if zero {
+                self.zalloc(size)
+            } else {
+                self.malloc(size)
+            };
+        }
+        // Blocks of a class whose size is a multiple of `align` are all
+        // aligned, because slabs start on slice boundaries.
+        if let Some(c) = class_for_aligned(size, align) {
+            return if zero {
+                self.alloc_class_zeroed(c, size)
+            } else {
+                self.alloc_class(c)
+            };
+        }
+        self.alloc_big(size, align, zero)
+    }
+
+    /// Pops a block from `page`'s free list, checking the link it leaves
+    /// behind; null when the list is empty.
+    ///
+    /// # Safety
+    /// `page` must be a queued page of this heap or the empty page.
+    #[inline(always)]
+    pub(super) unsafe fn pop_block(&mut self, page: *mut Span) -> *mut u8 {
+        // SAFETY: the caller's contract; the empty page has no free blocks,
+        // so it is never written.
+        unsafe {
+            let b = (*page).pop_free(self.key);
+            if b.is_null() {
+                return ptr::null_mut();
+            }
+            let next = (*page).free as usize;
+            // A link leaving the block's segment means the free list was
+            // overwritten (a use-after-free write).
+            if next != 0 && (next ^ b as usize) > SEGMENT_MASK {
+                self.global.misuse(Misuse::FreeListCorruption, b as usize);
+            }
+            // Clear the stale link: a live block whose first word still
+            // decoded to a free-list link would send every free of it down
+            // the slow double-free check.
+            (b as *mut usize).write(0);
+            b as *mut u8
+        }
+    }
+
+    /// [`Heap::pop_block`], counting the block in the statistics.
+    ///
+    /// # Safety
+    /// As [`Heap::pop_block`].
+    #[inline(always)]
+    pub(super) unsafe fn pop_counted(&mut self, page: *mut Span) -> *mut u8 {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            let b = self.pop_block(page);
+            if !b.is_null() {
+                self.stats.count_class_malloc((*page).class as usize);
+            }
+            b
+        }
+    }
+
+    /// A block from the first page of class `c`'s queue, or null.
+    ///
+    /// # Safety
+    /// `c` must be a size class (below `NUM_CLASSES`); unchecked so that
+    /// the inline fast path has no panic branch and needs no stack frame.
+    #[inline(always)]
+    pub(super) unsafe fn pop_queued(&mut self, c: usize) -> *mut u8 {
+        debug_assert!(c < NUM_CLASSES);
+        // SAFETY: `c` is a class (caller's contract); queued pages belong
+        // to this heap's segments.
+        unsafe {
+            let page = self.queues.first_unchecked(c);
+            if page.is_null() {
+                return ptr::null_mut();
+            }
+            self.pop_counted(page)
+        }
+    }
+
+    /// Allocates a block of class `c`.
+    #[inline(always)]
+    pub(super) fn alloc_class(&mut self, c: usize) -> *mut u8 {
+        // SAFETY: callers pass classes from `class_of` or
+        // `class_for_aligned`.
+        let b = unsafe { self.pop_queued(c) };
+        if !b.is_null() {
+            return b;
+        }
+        self.alloc_class_slow(c)
+    }
+
+    /// Allocates a zeroed block of class `c` for a request of `size` bytes.
+    pub(super) fn alloc_class_zeroed(&mut self, c: usize, size: usize) -> *mut u8 {
+        let mut page = self.queues.first(c);
+        // SAFETY: queued pages belong to this heap's segments.
+        unsafe {
+            if page.is_null() || (*page).free.is_null() {
+                if !self.refill(c) {
+                    return ptr::null_mut();
+                }
+                page = self.queues.first(c);
+            }
+            // Whether the blocks on the list are known to be zero.
+            let zero = (*page).free_is_zero;
+            let b = self.pop_block(page);
+            if !b.is_null() {
+                self.stats.count_class_malloc(c);
+                if !zero {
+                    ptr::write_bytes(b, 0, size);
+                }
+            }
+            b
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn alloc_class_slow(&mut self, c: usize) -> *mut u8 {
+        if !self.refill(c) {
+            return ptr::null_mut();
+        }
+        self.alloc_class(c)
+    }
+
+    /// Makes the first page of class `c`'s queue have free blocks: collects
+    /// frees into queued pages, parks full ones, or adds a new slab.
+    /// Returns false when out of memory.
+    pub(super) fn refill(&mut self, c: usize) -> bool {
+        self.on_slow_path();
+        loop {
+            if self.refill_from_queue(c) {
+                return true;
+            }
+            // SAFETY: `c` is a size class.
+            if unsafe { self.new_slab(c) }.is_some() {
+                return true;
+            }
+            // No free span: take a segment. An adopted one brings its own
+            // slabs with room, which must be used before a new slab is
+            // carved, or every adopter adds a slab that the blocks it
+            // leaves behind then pin (thread churn).
+            if !self.add_segment() {
+                return false;
+            }
+        }
+    }
+
+    /// Walks class `c`'s queue for a page with free blocks (collecting
+    /// frees and carving fresh blocks), moving it to the front; parks full
+    /// pages. Returns whether one was found.
+    pub(super) fn refill_from_queue(&mut self, c: usize) -> bool {
+        let key = self.key;
+        // SAFETY: every page reached from the queue belongs to this heap.
+        unsafe {
+            let mut page = self.queues.first(c);
+            while !page.is_null() {
+                let next = (*page).next;
+                (*page).collect();
+                if (*page).free.is_null() {
+                    (*page).extend(key, EXTEND_BYTES);
+                }
+                if !(*page).free.is_null() {
+                    self.queues.move_to_front(c, page);
+                    return true;
+                }
+                // Full: leave the queue and ask remote freers to tell us.
+                self.queues.remove(c, page);
+                (*page).in_full = true;
+                if !(*page).thread_free.set_notify(Notify::Notify) {
+                    // Remote frees arrived meanwhile; revisit it later.
+                    (*page).in_full = false;
+                    self.queues.push_back(c, page);
+                }
+                page = next;
+            }
+            false
+        }
+    }
+
+    /// A new slab for class `c` carved from a free span, at the front of
+    /// its queue, with blocks; `None` when no binned span fits (the caller
+    /// adds a segment).
+    ///
+    /// # Safety
+    /// `c` must be a size class.
+    pub(super) unsafe fn new_slab(&mut self, c: usize) -> Option<*mut Span> {
+        let info = CLASSES[c];
+        let (seg, idx) = self.take_span(info.slices, SLICE_SIZE, SpanKind::Slab)?;
+        // SAFETY: the span was just carved from an owned segment.
+        unsafe {
+            let start = (*seg).slice_addr(idx);
+            let page: *mut Span = &mut (*seg).slices[idx];
+            let p = &mut *page;
+            p.class = c as u8;
+            p.set_block_size(info.block_size);
+            p.reserved = ((info.slices * SLICE_SIZE) / info.block_size) as u32;
+            p.capacity = 0;
+            p.used = 0;
+            p.free = ptr::null_mut();
+            p.local_free = ptr::null_mut();
+            p.thread_free.reset();
+            p.in_full = false;
+            p.start = start;
+            p.extend(self.key, EXTEND_BYTES);
+            self.queues.push_front(c, page);
+            Some(page)
+        }
+    }
+}
+
+/// Resolves a pointer into its live block, or says why it is not one.
+///
+/// # Safety
+/// `seg` must be the live segment that `segment_base_of(addr)` names.
+unsafe fn find_block(seg: *mut Segment, addr: usize) -> Found {
+    // SAFETY: `seg` is a live segment header (caller's contract).
+    unsafe {
+        let s = &*seg;
+        if s.is_huge {
+            let d = &s.slices[HEADER_SLICES];
+            if d.kind == SpanKind::Huge && d.start == addr {
+                return Found::Block(d as *const Span as *mut Span, d.block_size);
+            }
+            return Found::Invalid(Misuse::InvalidFree);
+        }
+        let Some(page) = s.page_of(addr) else {
+            // Freeing the first byte of a free span is most likely a block
+            // that was already freed.
+            let idx = (addr - s.base()) / SLICE_SIZE;
+            let looks_freed = addr.is_multiple_of(SLICE_SIZE)
+                && (HEADER_SLICES..SLICES_PER_SEGMENT).contains(&idx)
+                && s.slices[idx].kind == SpanKind::Free
+                && s.slices[idx].slice_offset == 0;
+            return Found::Invalid(if looks_freed {
+                Misuse::DoubleFree
+            } else {
+                Misuse::InvalidFree
+            });
+        };
+        let page = page as *const Span as *mut Span;
+        match (*page).kind {
+            SpanKind::Slab => {
+                if (*page).is_block_offset(addr - (*page).start) {
+                    Found::Block(page, (*page).block_size)
+                } else {
+                    Found::Invalid(Misuse::InvalidFree)
+                }
+            }
+            SpanKind::Large if addr == (*page).start => Found::Block(page, (*page).block_size),
+            _ => Found::Invalid(Misuse::InvalidFree),
+        }
+    }
+}
+
+/// Usable bytes of the block at `p`; 0 for null, foreign or invalid
+/// pointers.
+///
+/// # Safety
+/// `p` must be null, foreign, or a live block of this allocator.
+pub unsafe fn usable_size(p: *const u8) -> usize {
+    let addr = p as usize;
+    let seg = segment_base_of(addr);
+    if !segment_map::contains(seg) {
+        return 0;
+    }
+    // SAFETY: a live segment is there.
+    match unsafe { find_block(seg as *mut Segment, addr) } {
+        Found::Block(_, usable) => usable,
+        _ => 0,
+    }
+}
+
+/// Whether `p` lies in a segment of this allocator (any instance).
+pub fn owns(p: *const u8) -> bool {
+    segment_map::contains(segment_base_of(p as usize))
+}
+
+/// Sums every heap's counters with the global ones.
+pub fn snapshot(global: &Global) -> Snapshot {
+    let pool = global.heaps.lock();
+    let mut s = global.retired_snapshot();
+    pool.for_each_live(size_of::<Heap>(), |h| {
+        // SAFETY: live records are initialised heaps; counters are atomics.
+        let st = unsafe { &(*(h as *const Heap)).stats };
+        let (m, f, bytes) = st.totals();
+        s.mallocs += m;
+        s.frees += f;
+        s.allocated = s.allocated.wrapping_add(bytes);
+        s.remote_frees += st.remote_frees.load(Ordering::Relaxed);
+    });
+    s
+}
+
+// The heap struct fits the pool's records (at most 64 a chunk).
+const _: () = assert!(crate::pool::records_per_chunk(size_of::<Heap>()) >= 1);
