@@ -76,10 +76,10 @@ fn strings(_info: &'static BootInfo) {
 
 fn boxes_and_alignment(_info: &'static BootInfo) {
     #[repr(align(4096))]
-    struct Page([u8; 4096]);
-    let pages: Vec<Box<Page>> = (0..16).map(|i| Box::new(Page([i as u8; 4096]))).collect();
+    struct Span([u8; 4096]);
+    let pages: Vec<Box<Span>> = (0..16).map(|i| Box::new(Span([i as u8; 4096]))).collect();
     for (i, p) in pages.iter().enumerate() {
-        assert_eq!(&**p as *const Page as usize % 4096, 0);
+        assert_eq!(&**p as *const Span as usize % 4096, 0);
         assert!(p.0.iter().all(|&b| b == i as u8));
     }
     let big = alloc::vec![0xabu8; 4 << 20];

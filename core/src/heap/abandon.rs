@@ -13,10 +13,6 @@ use crate::span::{Span, SpanKind};
 use super::*;
 
 impl Heap {
-    // ----------------------------------------------------------------------
-    // Abandonment and adoption
-    // ----------------------------------------------------------------------
-
     /// Takes remote frees of every used span of `seg` into local lists and
     /// turns spans that became empty into (uncoalesced) free spans.
     pub(super) unsafe fn sweep_segment(&mut self, seg: *mut Segment) {

@@ -11,10 +11,6 @@ use crate::stats::bump;
 use super::*;
 
 impl Heap {
-    // ----------------------------------------------------------------------
-    // Decay and trimming
-    // ----------------------------------------------------------------------
-
     /// Notes that `seg` gained a dirty free span: its dirty spans become
     /// due for decommit one purge delay from now. A segment that keeps
     /// freeing is in active use, so each new dirty span pushes the deadline

@@ -18,10 +18,6 @@ use crate::stats::bump;
 use super::*;
 
 impl Heap {
-    // ----------------------------------------------------------------------
-    // Free
-    // ----------------------------------------------------------------------
-
     /// Frees a block from any heap. Foreign pointers (not from this
     /// allocator) are ignored; detected misuse ends the process.
     ///

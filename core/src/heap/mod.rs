@@ -139,9 +139,6 @@ impl Heap {
         self as *const Heap as usize
     }
 
-    // ----------------------------------------------------------------------
-    // Allocation
-    // ----------------------------------------------------------------------
 
     /// Allocates `size` bytes aligned to 16. Null when out of memory.
     #[inline(always)]

@@ -11,10 +11,6 @@ use crate::span::SpanKind;
 use super::*;
 
 impl Heap {
-    // ----------------------------------------------------------------------
-    // Spans
-    // ----------------------------------------------------------------------
-
     /// Carves a used span of `n` slices starting on an `align` boundary
     /// (`align >= SLICE_SIZE`) from the bins, adding segments as needed.
     pub(super) fn alloc_span(
