@@ -100,6 +100,25 @@ impl AbandonedStack {
     }
 }
 
+#[cfg(debug_assertions)]
+impl AbandonedStack {
+    /// Calls `f` on every listed segment.
+    pub fn for_each(
+        &self,
+        mut f: impl FnMut(&Segment) -> Result<(), crate::span::Broken>,
+    ) -> Result<(), crate::span::Broken> {
+        let mut seg = self.head;
+        while !seg.is_null() {
+            // SAFETY: listed segments are live; the caller holds the lock.
+            unsafe {
+                f(&*seg)?;
+                seg = (*seg).next;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for AbandonedStack {
     fn default() -> Self {
         Self::new()

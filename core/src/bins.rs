@@ -11,7 +11,7 @@ use core::ptr;
 
 use crate::layout::{align_up, segment_of, SLICES_PER_SEGMENT, SLICE_SIZE};
 use crate::segment::Segment;
-use crate::span::{Span, SpanKind};
+use crate::span::{check, Broken, Span, SpanKind};
 
 const BINS: usize = 64;
 
@@ -231,6 +231,42 @@ impl SpanBins {
             self.insert(&mut s.slices[idx]);
             dirty
         }
+    }
+
+    /// Checks the bins: every binned span is a free span filed under its
+    /// length's bin, the links are consistent both ways, the bitmap marks
+    /// exactly the non-empty bins. Returns how many spans are binned.
+    pub fn verify(&self) -> Result<usize, Broken> {
+        let mut count = 0;
+        for b in 0..BINS {
+            let head = self.heads[b];
+            check(
+                head.is_null() == (self.nonempty & (1 << b) == 0),
+                "bin bitmap out of step",
+                b,
+            )?;
+            let mut prev: *mut Span = ptr::null_mut();
+            let mut cur = head;
+            while !cur.is_null() {
+                // SAFETY: linked descriptors are valid (the bins' invariant,
+                // checked here one link at a time).
+                unsafe {
+                    let at = cur as usize;
+                    check((*cur).kind == SpanKind::Free, "binned span not free", at)?;
+                    check((*cur).slice_count > 0, "binned span without a length", at)?;
+                    check(
+                        bin_of((*cur).slice_count as usize) == b,
+                        "span in the wrong bin",
+                        at,
+                    )?;
+                    check((*cur).prev == prev, "bin back link", at)?;
+                    prev = cur;
+                    cur = (*cur).next;
+                }
+                count += 1;
+            }
+        }
+        Ok(count)
     }
 
     /// Calls `f` on every binned span; `f` may not relink spans.

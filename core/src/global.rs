@@ -630,6 +630,19 @@ impl Global {
         }
     }
 
+    /// Checks what no heap owns: every abandoned segment has no owner and
+    /// a consistent span tiling. (Each heap checks its own segments with
+    /// `Heap::verify`.)
+    #[cfg(debug_assertions)]
+    pub fn verify(&self) -> Result<(), crate::span::Broken> {
+        use crate::span::check;
+        let key = self.key();
+        self.abandoned.lock().for_each(|s| {
+            check(s.owner() == 0, "abandoned segment with an owner", s.base())?;
+            s.verify(key, |_| Ok(()))
+        })
+    }
+
     /// Resets the locks in a forked child, whose other threads are gone.
     ///
     /// # Safety

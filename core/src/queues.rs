@@ -194,6 +194,48 @@ impl SlabQueues {
     }
 }
 
+#[cfg(debug_assertions)]
+impl SlabQueues {
+    /// Checks the queues' links and that the direct table points at each
+    /// class's first slab; calls `f(class, slab)` on every queued slab.
+    pub fn verify(
+        &self,
+        mut f: impl FnMut(usize, *mut Span) -> Result<(), crate::span::Broken>,
+    ) -> Result<(), crate::span::Broken> {
+        use crate::span::check;
+        for c in 0..NUM_CLASSES {
+            let q = self.queues[c];
+            let mut prev: *mut Span = ptr::null_mut();
+            let mut cur = q.first;
+            while !cur.is_null() {
+                // SAFETY: queued slabs are valid descriptors (checked one
+                // link at a time).
+                unsafe {
+                    check((*cur).prev == prev, "queue back link", cur as usize)?;
+                    f(c, cur)?;
+                    prev = cur;
+                    cur = (*cur).next;
+                }
+            }
+            check(q.last == prev, "queue tail", c)?;
+            if c < DIRECT_CLASSES {
+                let want = if q.first.is_null() {
+                    empty_span()
+                } else {
+                    q.first
+                };
+                let (lo, hi) = direct_slots(c);
+                check(
+                    self.direct[lo..=hi].iter().all(|&d| d == want),
+                    "direct table out of step with its queue",
+                    c,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for SlabQueues {
     fn default() -> Self {
         Self::new()

@@ -13,7 +13,7 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::block::next_of;
 use crate::layout::{SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE};
-use crate::span::{Span, SpanKind};
+use crate::span::{check, Broken, Span, SpanKind};
 
 /// The header at the start of every segment.
 #[repr(C)]
@@ -361,6 +361,64 @@ impl Segment {
         d.span_is_zero = false;
         self.used_slices -= n;
         n
+    }
+
+    /// Checks the span tiling: spans cover the segment after the header
+    /// exactly, every used span's interior slices point back to its first
+    /// one, every free span's last slice does too, and `used_slices` is the
+    /// sum of the used spans. Calls `f(idx)` on the first slice of each
+    /// span, for the holder's own checks.
+    pub fn verify(
+        &self,
+        key: usize,
+        mut f: impl FnMut(usize) -> Result<(), Broken>,
+    ) -> Result<(), Broken> {
+        let at = self.base();
+        check(self.cookie_ok(key), "segment header cookie", at)?;
+        let mut used = 0;
+        let mut idx = HEADER_SLICES;
+        while idx < SLICES_PER_SEGMENT {
+            let d = &self.slices[idx];
+            let n = d.slice_count as usize;
+            let here = self.slice_addr(idx);
+            check(d.slice_offset == 0, "span start with a back offset", here)?;
+            check(
+                n >= 1 && idx + n <= SLICES_PER_SEGMENT,
+                "span length out of the segment",
+                here,
+            )?;
+            match d.kind {
+                SpanKind::Free => {
+                    if n > 1 {
+                        let last = &self.slices[idx + n - 1];
+                        check(
+                            last.slice_offset as usize == n - 1,
+                            "free span's end tag",
+                            here,
+                        )?;
+                    }
+                }
+                SpanKind::Slab | SpanKind::Large => {
+                    for i in 1..n {
+                        let inner = &self.slices[idx + i];
+                        check(
+                            inner.slice_offset as usize == i,
+                            "used span's inner tag",
+                            here,
+                        )?;
+                    }
+                    used += n;
+                }
+                SpanKind::Huge => check(false, "huge span inside a normal segment", here)?,
+            }
+            f(idx)?;
+            idx += n;
+        }
+        check(
+            used == self.used_slices,
+            "used_slices does not match the spans",
+            at,
+        )
     }
 
     /// Index of the first slice of the span that ends just before `idx`.

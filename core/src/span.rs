@@ -252,6 +252,82 @@ impl Span {
     }
 }
 
+/// A broken invariant found by a `verify` method: what is wrong, and the
+/// address where it was seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Broken {
+    pub what: &'static str,
+    pub at: usize,
+}
+
+/// `Err(Broken)` unless `ok`.
+#[inline]
+pub fn check(ok: bool, what: &'static str, at: usize) -> Result<(), Broken> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Broken { what, at })
+    }
+}
+
+impl Span {
+    /// Checks a slab: every block carved so far is accounted for exactly
+    /// once (handed out, which includes blocks waiting on the thread-free
+    /// list, or on `free` or `local_free`), and every link of the owner's
+    /// lists stays inside the slab on a block boundary. Owner only, with no remote free in flight for an
+    /// exact count.
+    ///
+    /// # Safety
+    /// The span must be a slab of the caller's heap.
+    pub unsafe fn verify_slab(&self, key: usize) -> Result<(), Broken> {
+        let at = self as *const Span as usize;
+        check(self.kind == SpanKind::Slab, "not a slab", at)?;
+        check(
+            self.capacity <= self.reserved,
+            "capacity above reserved",
+            at,
+        )?;
+        let end = self.start + self.capacity as usize * self.block_size;
+        let mut listed = 0u32;
+        for head in [self.free, self.local_free] {
+            let mut cur = head;
+            while !cur.is_null() {
+                let b = cur as usize;
+                check(
+                    b >= self.start && b < end,
+                    "free-list link outside the slab",
+                    b,
+                )?;
+                check(
+                    self.is_block_offset(b - self.start),
+                    "free-list link off a block boundary",
+                    b,
+                )?;
+                listed += 1;
+                check(
+                    listed <= self.capacity,
+                    "free list longer than the slab (a cycle)",
+                    at,
+                )?;
+                // SAFETY: `cur` is a block of this slab (checked above).
+                cur = unsafe { next_of(cur, key) };
+            }
+        }
+        // `used` still counts blocks freed remotely until the owner
+        // collects them.
+        check(
+            self.used as u64 + listed as u64 == self.capacity as u64,
+            "slab blocks lost or counted twice (used + free + local != capacity)",
+            at,
+        )?;
+        check(
+            self.thread_free.count() <= self.used,
+            "more remote frees than blocks handed out",
+            at,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

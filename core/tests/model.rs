@@ -129,6 +129,10 @@ fn run_model(seed: u64, steps: usize) {
             );
             keys[i] = q as usize;
         }
+        // The heap checks its own invariants after every step.
+        if let Err(e) = heap.verify() {
+            panic!("step {step}: {} at {:#x}", e.what, e.at);
+        }
     }
     let snap = snapshot(g);
     assert_eq!(snap.mallocs - snap.frees, live.len() as u64);

@@ -72,7 +72,6 @@ impl Heap {
         }
     }
 
-
     /// Resizes a block, in place when its usable size or a following free
     /// span allows. Returns null (leaving `p` valid) when out of memory or
     /// when `p` is foreign.

@@ -36,6 +36,8 @@ mod big;
 mod decay;
 mod free;
 mod segments;
+#[cfg(debug_assertions)]
+mod verify;
 
 /// Bytes of fresh blocks carved per refill: one page, so a thread that
 /// uses a few blocks of many classes touches a page per class, not a
@@ -138,7 +140,6 @@ impl Heap {
     pub(super) fn id(&self) -> usize {
         self as *const Heap as usize
     }
-
 
     /// Allocates `size` bytes aligned to 16. Null when out of memory.
     #[inline(always)]
