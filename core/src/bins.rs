@@ -10,6 +10,7 @@
 use core::ptr;
 
 use crate::layout::{align_up, segment_of, SLICES_PER_SEGMENT, SLICE_SIZE};
+use crate::list::List;
 use crate::segment::Segment;
 use crate::span::{check, Broken, Span, SpanKind};
 
@@ -28,14 +29,14 @@ pub fn bin_of(n: usize) -> usize {
 
 /// Free spans of one heap, linked through their first descriptor.
 pub struct SpanBins {
-    heads: [*mut Span; BINS],
+    bins: [List<Span>; BINS],
     nonempty: u64,
 }
 
 impl SpanBins {
     pub const fn new() -> Self {
         SpanBins {
-            heads: [ptr::null_mut(); BINS],
+            bins: [List::new(); BINS],
             nonempty: 0,
         }
     }
@@ -48,13 +49,7 @@ impl SpanBins {
         // SAFETY: the caller passes a valid descriptor we may link.
         unsafe {
             let b = bin_of((*span).slice_count as usize);
-            let head = self.heads[b];
-            (*span).prev = ptr::null_mut();
-            (*span).next = head;
-            if !head.is_null() {
-                (*head).prev = span;
-            }
-            self.heads[b] = span;
+            self.bins[b].push_front(span);
             self.nonempty |= 1 << b;
         }
     }
@@ -67,20 +62,10 @@ impl SpanBins {
         // SAFETY: the caller guarantees the span is linked here.
         unsafe {
             let b = bin_of((*span).slice_count as usize);
-            let (prev, next) = ((*span).prev, (*span).next);
-            if prev.is_null() {
-                self.heads[b] = next;
-                if next.is_null() {
-                    self.nonempty &= !(1 << b);
-                }
-            } else {
-                (*prev).next = next;
+            self.bins[b].remove(span);
+            if self.bins[b].is_empty() {
+                self.nonempty &= !(1 << b);
             }
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
-            (*span).next = ptr::null_mut();
-            (*span).prev = ptr::null_mut();
         }
     }
 
@@ -98,13 +83,13 @@ impl SpanBins {
         let b = bin_of(n);
         // SAFETY: linked descriptors are valid (caller's invariant).
         unsafe {
-            let mut span = Self::lowest(self.heads[b], n);
+            let mut span = Self::lowest(self.bins[b].first, n);
             if span.is_null() {
                 let higher = self.nonempty & !((2u64 << b) - 1);
                 if higher == 0 {
                     return ptr::null_mut();
                 }
-                span = Self::lowest(self.heads[higher.trailing_zeros() as usize], n);
+                span = Self::lowest(self.bins[higher.trailing_zeros() as usize].first, n);
             }
             self.remove(span);
             span
@@ -239,7 +224,7 @@ impl SpanBins {
     pub fn verify(&self) -> Result<usize, Broken> {
         let mut count = 0;
         for b in 0..BINS {
-            let head = self.heads[b];
+            let head = self.bins[b].first;
             check(
                 head.is_null() == (self.nonempty & (1 << b) == 0),
                 "bin bitmap out of step",
@@ -275,7 +260,7 @@ impl SpanBins {
         while bits != 0 {
             let b = bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            let mut cur = self.heads[b];
+            let mut cur = self.bins[b].first;
             while !cur.is_null() {
                 // SAFETY: linked descriptors are valid; read `next` first so
                 // `f` may change the span's own state.

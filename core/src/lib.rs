@@ -32,6 +32,7 @@ pub mod fork;
 pub mod global;
 pub mod heap;
 pub mod layout;
+pub mod list;
 pub mod options;
 pub mod pool;
 pub mod provider;

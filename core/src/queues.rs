@@ -11,6 +11,7 @@
 use core::cell::UnsafeCell;
 use core::ptr;
 
+use crate::list::List;
 use crate::size_class::{
     direct_index, direct_slots, DIRECT_CLASSES, DIRECT_MAX, DIRECT_SLOTS, NUM_CLASSES,
 };
@@ -29,17 +30,11 @@ fn empty_span() -> *mut Span {
     EMPTY_SPAN.0.get()
 }
 
-#[derive(Clone, Copy)]
-struct Queue {
-    first: *mut Span,
-    last: *mut Span,
-}
-
 /// The queues of one heap.
 #[repr(C)]
 pub struct SlabQueues {
     direct: [*mut Span; DIRECT_SLOTS],
-    queues: [Queue; NUM_CLASSES],
+    queues: [List<Span>; NUM_CLASSES],
 }
 
 impl SlabQueues {
@@ -47,10 +42,7 @@ impl SlabQueues {
     pub fn new() -> Self {
         SlabQueues {
             direct: [empty_span(); DIRECT_SLOTS],
-            queues: [Queue {
-                first: ptr::null_mut(),
-                last: ptr::null_mut(),
-            }; NUM_CLASSES],
+            queues: [List::new(); NUM_CLASSES],
         }
     }
 
@@ -115,18 +107,8 @@ impl SlabQueues {
     /// # Safety
     /// `span` must be a slab of class `c` of the heap, in no queue.
     pub unsafe fn push_front(&mut self, c: usize, span: *mut Span) {
-        let q = &mut self.queues[c];
         // SAFETY: the caller's contract.
-        unsafe {
-            (*span).prev = ptr::null_mut();
-            (*span).next = q.first;
-            if q.first.is_null() {
-                q.last = span;
-            } else {
-                (*q.first).prev = span;
-            }
-        }
-        q.first = span;
+        unsafe { self.queues[c].push_front(span) };
         self.sync_direct(c);
     }
 
@@ -135,19 +117,9 @@ impl SlabQueues {
     /// # Safety
     /// As [`SlabQueues::push_front`].
     pub unsafe fn push_back(&mut self, c: usize, span: *mut Span) {
-        let q = &mut self.queues[c];
         // SAFETY: the caller's contract.
-        unsafe {
-            (*span).next = ptr::null_mut();
-            (*span).prev = q.last;
-            if q.last.is_null() {
-                q.first = span;
-            } else {
-                (*q.last).next = span;
-            }
-        }
-        q.last = span;
-        if q.first == span {
+        unsafe { self.queues[c].push_back(span) };
+        if self.queues[c].first == span {
             self.sync_direct(c);
         }
     }
@@ -157,25 +129,9 @@ impl SlabQueues {
     /// # Safety
     /// `span` must be linked in class `c`'s queue.
     pub unsafe fn remove(&mut self, c: usize, span: *mut Span) {
-        let q = &mut self.queues[c];
         // SAFETY: the caller's contract.
-        unsafe {
-            let (prev, next) = ((*span).prev, (*span).next);
-            if prev.is_null() {
-                q.first = next;
-            } else {
-                (*prev).next = next;
-            }
-            if next.is_null() {
-                q.last = prev;
-            } else {
-                (*next).prev = prev;
-            }
-            (*span).next = ptr::null_mut();
-            (*span).prev = ptr::null_mut();
-            if prev.is_null() {
-                self.sync_direct(c);
-            }
+        if unsafe { self.queues[c].remove(span) } {
+            self.sync_direct(c);
         }
     }
 

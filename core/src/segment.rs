@@ -63,6 +63,17 @@ pub const RESIDENT_WORDS: usize = SLICES_PER_SEGMENT.div_ceil(64);
 /// Slices taken by the header at the start of each segment.
 pub const HEADER_SLICES: usize = size_of::<Segment>().div_ceil(SLICE_SIZE);
 
+impl crate::list::Linked for Segment {
+    unsafe fn next_link(item: *mut Self) -> *mut *mut Self {
+        // SAFETY: the caller's contract.
+        unsafe { &raw mut (*item).next }
+    }
+    unsafe fn prev_link(item: *mut Self) -> *mut *mut Self {
+        // SAFETY: the caller's contract.
+        unsafe { &raw mut (*item).prev }
+    }
+}
+
 impl Segment {
     /// Base address of this segment.
     #[inline(always)]

@@ -252,6 +252,17 @@ impl Span {
     }
 }
 
+impl crate::list::Linked for Span {
+    unsafe fn next_link(item: *mut Self) -> *mut *mut Self {
+        // SAFETY: the caller's contract.
+        unsafe { &raw mut (*item).next }
+    }
+    unsafe fn prev_link(item: *mut Self) -> *mut *mut Self {
+        // SAFETY: the caller's contract.
+        unsafe { &raw mut (*item).prev }
+    }
+}
+
 /// A broken invariant found by a `verify` method: what is wrong, and the
 /// address where it was seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -62,6 +62,15 @@ fn assert_no_overlap(live: &BTreeMap<usize, Live>, p: usize, size: usize) {
     }
 }
 
+/// After a trim, only the chunk holding the heap structs stays reserved.
+fn assert_only_metadata_reserved(g: &apex_core::Global) {
+    assert_eq!(
+        snapshot(g).reserved,
+        apex_core::pool::CHUNK_SIZE,
+        "reservations left after trim"
+    );
+}
+
 fn run_model(seed: u64, steps: usize) {
     let (_p, g) = instance();
     let hb = HeapBox::new(g);
@@ -217,12 +226,7 @@ fn huge_alignments_up_to_64_mib() {
         }
     }
     heap.release_now();
-    // Only the chunk holding the heap structs stays reserved.
-    assert_eq!(
-        snapshot(g).reserved,
-        apex_core::pool::CHUNK_SIZE,
-        "reservations left after trim"
-    );
+    assert_only_metadata_reserved(g);
 }
 
 #[test]
@@ -275,12 +279,7 @@ fn step_by_step_growth_moves_rarely() {
     // 1535 steps; copying at every step would be 1500 moves.
     assert!(moves <= 40, "{moves} moves for 1535 growth steps");
     heap.release_now();
-    // Only the chunk holding the heap structs stays reserved.
-    assert_eq!(
-        snapshot(g).reserved,
-        apex_core::pool::CHUNK_SIZE,
-        "reservations left after trim"
-    );
+    assert_only_metadata_reserved(g);
 }
 
 #[test]

@@ -32,7 +32,7 @@ impl Heap {
         self.drain_delayed();
         // No page may stay in `Notify`: remote freers would then reach for
         // this heap after it is gone. `set_notify` waits out `Notifying`.
-        let mut seg = self.segments;
+        let mut seg = self.segments.first;
         while !seg.is_null() {
             // SAFETY: owned segments; spans are walked by their tags.
             unsafe {
@@ -49,8 +49,8 @@ impl Heap {
             }
         }
         self.drain_delayed();
-        while !self.segments.is_null() {
-            let seg = self.segments;
+        while !self.segments.is_empty() {
+            let seg = self.segments.first;
             // SAFETY: owned segment, unlinked before it is handed on.
             unsafe {
                 self.unlink_segment(seg);

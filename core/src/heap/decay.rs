@@ -120,7 +120,7 @@ impl Heap {
             force || now >= unsafe { (*seg).purge_at }
         };
         let mut used = 0usize;
-        let mut seg = self.segments;
+        let mut seg = self.segments.first;
         while !seg.is_null() {
             // SAFETY: owned segments are linked through `next`.
             unsafe {
@@ -164,7 +164,7 @@ impl Heap {
                 }
             });
         }
-        let mut seg = self.segments;
+        let mut seg = self.segments.first;
         while !seg.is_null() {
             // SAFETY: owned segments; an empty one is a single binned span.
             unsafe {

@@ -120,8 +120,21 @@ impl Heap {
             if link == 0 || (link ^ b as usize) <= SEGMENT_MASK {
                 return self.free_suspected_double(page, b);
             }
-            (*page).push_local(b, self.key);
             self.stats.count_class_free((*page).class as usize);
+            self.push_local(page, b);
+        }
+    }
+
+    /// Puts a block of an own slab on the slab's local list and deals with
+    /// a slab that this emptied or that was parked full.
+    ///
+    /// # Safety
+    /// `page` is an own slab and `b` a live block of it, not used again.
+    #[inline(always)]
+    pub(super) unsafe fn push_local(&mut self, page: *mut Span, b: *mut Block) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            (*page).push_local(b, self.key);
             if (*page).used == 0 || (*page).in_full {
                 self.after_local_free(page);
             }
@@ -139,11 +152,8 @@ impl Heap {
             if (*page).list_contains(b, self.key) {
                 self.global.misuse(Misuse::DoubleFree, b as usize);
             }
-            (*page).push_local(b, self.key);
             self.stats.count_class_free((*page).class as usize);
-            if (*page).used == 0 || (*page).in_full {
-                self.after_local_free(page);
-            }
+            self.push_local(page, b);
         }
     }
 
@@ -222,10 +232,7 @@ impl Heap {
                 (*page).used = 0;
                 self.retire_page(page);
             } else {
-                (*page).push_local(b, self.key);
-                if (*page).used == 0 || (*page).in_full {
-                    self.after_local_free(page);
-                }
+                self.push_local(page, b);
             }
         }
     }
@@ -290,7 +297,7 @@ impl Heap {
     pub(super) unsafe fn segment_emptied(&mut self, seg: *mut Segment) {
         // SAFETY: own segments, linked through `next`.
         unsafe {
-            let mut other = self.segments;
+            let mut other = self.segments.first;
             while !other.is_null() && (other == seg || (*other).used_slices != 0) {
                 other = (*other).next;
             }

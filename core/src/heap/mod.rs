@@ -23,6 +23,7 @@ use crate::global::Global;
 use crate::layout::{
     segment_base_of, MAX_CLASS_SIZE, MIN_ALIGN, SEGMENT_MASK, SLICES_PER_SEGMENT, SLICE_SIZE,
 };
+use crate::list::List;
 use crate::queues::SlabQueues;
 use crate::remote::{DelayedList, Notify};
 use crate::segment::{Segment, HEADER_SLICES};
@@ -62,7 +63,7 @@ pub struct Heap {
     global: &'static Global,
     bins: SpanBins,
     /// Owned segments, linked through `Segment::next/prev`.
-    segments: *mut Segment,
+    segments: List<Segment>,
     /// Blocks freed by other threads into full pages (see `page.rs`).
     delayed: DelayedList,
     tick: u64,
@@ -95,7 +96,7 @@ impl Heap {
                 key: global.key(),
                 global,
                 bins: SpanBins::new(),
-                segments: ptr::null_mut(),
+                segments: List::new(),
                 delayed: DelayedList::new(),
                 tick: 0,
                 // Without a clock, time counts purge checks from 1, so 0

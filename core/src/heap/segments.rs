@@ -1,7 +1,6 @@
 //! The heap's segments: carving spans from them, getting more (adopting,
 //! mapping, reclaiming when memory is short) and linking them.
 
-use core::ptr::{self};
 use core::sync::atomic::Ordering;
 
 use crate::layout::SLICE_SIZE;
@@ -108,7 +107,7 @@ impl Heap {
         // Retires every empty segment (under pressure, straight back to the
         // provider) and decommits the free spans of the rest.
         self.purge(true);
-        adopted > 0 && !self.segments.is_null()
+        adopted > 0 && !self.segments.is_empty()
     }
 
     /// Takes a fresh (or cached) segment from `Global`.
@@ -127,30 +126,11 @@ impl Heap {
 
     pub(super) unsafe fn link_segment(&mut self, seg: *mut Segment) {
         // SAFETY: `seg` is ours and unlinked.
-        unsafe {
-            (*seg).prev = ptr::null_mut();
-            (*seg).next = self.segments;
-            if !self.segments.is_null() {
-                (*self.segments).prev = seg;
-            }
-            self.segments = seg;
-        }
+        unsafe { self.segments.push_front(seg) };
     }
 
     pub(super) unsafe fn unlink_segment(&mut self, seg: *mut Segment) {
         // SAFETY: `seg` is linked in our list.
-        unsafe {
-            let (prev, next) = ((*seg).prev, (*seg).next);
-            if prev.is_null() {
-                self.segments = next;
-            } else {
-                (*prev).next = next;
-            }
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
-            (*seg).next = ptr::null_mut();
-            (*seg).prev = ptr::null_mut();
-        }
+        unsafe { self.segments.remove(seg) };
     }
 }

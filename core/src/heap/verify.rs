@@ -18,7 +18,7 @@ impl Heap {
         let id = self.id();
         let mut free_spans = 0;
         let mut slabs_not_full = 0;
-        let mut seg = self.segments;
+        let mut seg = self.segments.first;
         while !seg.is_null() {
             // SAFETY: own segments, linked through `next`.
             let s = unsafe { &*seg };
