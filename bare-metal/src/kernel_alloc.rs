@@ -22,7 +22,6 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
 
-use apex_core::layout::MIN_ALIGN;
 use apex_core::{Global, Heap, Snapshot};
 use spin::Mutex;
 
@@ -120,24 +119,12 @@ impl KernelAlloc {
 // `realloc` keeps the contents up to the smaller size.
 unsafe impl GlobalAlloc for KernelAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let f = |h: &mut Heap| {
-            if layout.align() <= MIN_ALIGN {
-                h.malloc(layout.size())
-            } else {
-                h.malloc_aligned(layout.size(), layout.align())
-            }
-        };
+        let f = |h: &mut Heap| h.malloc_aligned(layout.size(), layout.align());
         self.or_shared(self.with_heap(f).unwrap_or(ptr::null_mut()), f)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let f = |h: &mut Heap| {
-            if layout.align() <= MIN_ALIGN {
-                h.zalloc(layout.size())
-            } else {
-                h.zalloc_aligned(layout.size(), layout.align())
-            }
-        };
+        let f = |h: &mut Heap| h.zalloc_aligned(layout.size(), layout.align());
         self.or_shared(self.with_heap(f).unwrap_or(ptr::null_mut()), f)
     }
 
@@ -147,23 +134,15 @@ unsafe impl GlobalAlloc for KernelAlloc {
     }
 
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if layout.align() <= MIN_ALIGN {
-            // SAFETY: `p` is a live block of this allocator.
-            let q = self
-                .with_heap(|h| unsafe { h.realloc(p, new_size) })
-                .unwrap_or(ptr::null_mut());
-            if !q.is_null() {
-                return q;
-            }
-            // The CPU's heap is out of memory: move the block through
-            // `alloc`, which falls back to the shared heap.
+        // SAFETY: `p` is a live block of this allocator with this layout.
+        let q = self
+            .with_heap(|h| unsafe { h.realloc_aligned(p, layout.align(), new_size) })
+            .unwrap_or(ptr::null_mut());
+        if !q.is_null() {
+            return q;
         }
-        // Over-aligned (the core's realloc only guarantees 16 bytes) or out
-        // of memory above: move to a new block with the same alignment.
-        // SAFETY: `p` is a live block of this allocator.
-        if new_size <= unsafe { apex_core::usable_size(p) } && new_size >= layout.size() / 2 {
-            return p;
-        }
+        // The CPU's heap is out of memory: move the block through `alloc`,
+        // which falls back to the shared heap.
         // SAFETY: the new layout keeps a valid alignment and a size the
         // caller vouches for.
         let q = unsafe { self.alloc(Layout::from_size_align_unchecked(new_size, layout.align())) };

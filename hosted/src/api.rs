@@ -143,8 +143,19 @@ unsafe fn free_slow(p: *mut u8) {
 /// # Safety
 /// `p` must be a live block of this allocator or foreign.
 pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
+    // SAFETY: forwarded from the caller.
+    unsafe { realloc_aligned(p, MIN_ALIGN, size) }
+}
+
+/// Resizes a block allocated with alignment `align` (a power of two),
+/// keeping that alignment; as [`realloc`] otherwise.
+///
+/// # Safety
+/// `p` must be a live block of this allocator allocated with at least
+/// `align` alignment, or foreign.
+pub unsafe fn realloc_aligned(p: *mut u8, align: usize, size: usize) -> *mut u8 {
     if bootstrap::contains(p) {
-        let q = malloc(size);
+        let q = malloc_aligned(size, align);
         if !q.is_null() {
             // SAFETY: both blocks are valid for the copied length.
             unsafe { ptr::copy_nonoverlapping(p, q, bootstrap::size_of(p).min(size)) };
@@ -152,12 +163,15 @@ pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
         return q;
     }
     // SAFETY: forwarded from the caller.
-    let q = with_heap(|h| unsafe { h.realloc(p, size) }, ptr::null_mut);
+    let q = with_heap(
+        |h| unsafe { h.realloc_aligned(p, align, size) },
+        ptr::null_mut,
+    );
     if !q.is_null() || own_heap().is_none() || !apex_core::owns(p) {
         return q;
     }
     // The own heap is out of memory: move the block to the shared heap.
-    let q = from_shared(|h| h.malloc(size));
+    let q = from_shared(|h| h.malloc_aligned(size, align));
     if !q.is_null() {
         // SAFETY: `p` is a live block of ours (it is in one of our
         // segments), `q` a new one of at least `size` bytes; `p` is freed

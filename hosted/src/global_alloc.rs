@@ -1,11 +1,10 @@
 //! [`ApexAlloc`], the allocator as a Rust `#[global_allocator]`.
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::ptr;
 
 use apex_core::layout::MIN_ALIGN;
 
-use crate::api::{free, malloc, malloc_aligned, realloc, usable_size, zalloc, zalloc_aligned};
+use crate::api::{free, malloc, malloc_aligned, realloc_aligned, zalloc, zalloc_aligned};
 
 /// ApexAlloc as a Rust global allocator.
 pub struct ApexAlloc;
@@ -39,24 +38,7 @@ unsafe impl GlobalAlloc for ApexAlloc {
     }
 
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if layout.align() <= MIN_ALIGN {
-            // SAFETY: `p` is a live block of ours.
-            return unsafe { realloc(p, new_size) };
-        }
-        // Over-aligned: keep the block if it is big enough, else move it to
-        // a new block with the same alignment.
-        // SAFETY: `p` is a live block of ours.
-        if new_size <= unsafe { usable_size(p) } && new_size >= layout.size() / 2 {
-            return p;
-        }
-        let q = malloc_aligned(new_size, layout.align());
-        if !q.is_null() {
-            // SAFETY: both blocks hold the copied length; `p` is freed once.
-            unsafe {
-                ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
-                free(p);
-            }
-        }
-        q
+        // SAFETY: `p` is a live block of ours allocated with `layout`.
+        unsafe { realloc_aligned(p, layout.align(), new_size) }
     }
 }

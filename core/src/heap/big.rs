@@ -169,6 +169,36 @@ impl Heap {
         }
     }
 
+    /// Resizes a block allocated with alignment `align` (a power of two):
+    /// the one entry point `GlobalAlloc`-style frontends need. Up to the
+    /// minimum alignment it is [`Heap::realloc`]; above it the block stays
+    /// when it is big enough and shrinking would free little, and otherwise
+    /// moves to a new block with the same alignment. Null when out of
+    /// memory (the block stays valid).
+    ///
+    /// # Safety
+    /// `p` must be a live block of this allocator instance, allocated with
+    /// at least `align` alignment; it is not used afterwards unless the
+    /// result is `p` or null.
+    pub unsafe fn realloc_aligned(&mut self, p: *mut u8, align: usize, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            if align <= MIN_ALIGN || !owns(p) {
+                return self.realloc(p, new_size);
+            }
+            let usable = usable_size(p);
+            if new_size <= usable && new_size >= usable / 2 {
+                return p;
+            }
+            let q = self.malloc_aligned(new_size, align);
+            if !q.is_null() {
+                ptr::copy_nonoverlapping(p, q, usable.min(new_size));
+                self.free(p);
+            }
+            q
+        }
+    }
+
     /// Grows or shrinks a large block in place. Returns false if it cannot.
     pub(super) unsafe fn resize_large(
         &mut self,
