@@ -9,7 +9,6 @@
 //! keeps the direct table in step.
 
 use core::cell::UnsafeCell;
-use core::ptr;
 
 use crate::list::List;
 use crate::size_class::{
@@ -161,7 +160,7 @@ impl SlabQueues {
         use crate::span::check;
         for c in 0..NUM_CLASSES {
             let q = self.queues[c];
-            let mut prev: *mut Span = ptr::null_mut();
+            let mut prev: *mut Span = core::ptr::null_mut();
             let mut cur = q.first;
             while !cur.is_null() {
                 // SAFETY: queued slabs are valid descriptors (checked one
