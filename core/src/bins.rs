@@ -9,9 +9,9 @@
 
 use core::ptr;
 
-use crate::layout::{align_up, segment_of, SLICES_PER_SEGMENT, SLICE_SIZE};
+use crate::layout::{align_up, SLICES_PER_SEGMENT, SLICE_SIZE};
 use crate::list::List;
-use crate::segment::Segment;
+use crate::segment::{segment_of, Segment};
 use crate::span::{check, Broken, Span, SpanKind};
 
 const BINS: usize = 64;

@@ -44,6 +44,10 @@ pub struct Global {
     fork: ForkGate,
 }
 
+/// 2^64 divided by the golden ratio: an odd constant with well-mixed bits,
+/// folded into the key so it is never a plain address.
+const GOLDEN_RATIO_64: usize = 0x9e37_79b9_7f4a_7c15;
+
 impl Global {
     /// A new instance over `provider`. Nothing is reserved until the first
     /// heap is created.
@@ -124,7 +128,7 @@ impl Global {
             };
             // Without entropy, still make the key differ between runs when
             // ASLR moves this structure; and never let it be zero.
-            key ^= (self as *const Self as usize).rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
+            key ^= (self as *const Self as usize).rotate_left(32) ^ GOLDEN_RATIO_64;
             self.key.store(key | 1, Ordering::Relaxed);
         });
     }
@@ -146,7 +150,8 @@ impl Global {
         Capabilities::from_bits_truncate(self.caps.load(Ordering::Relaxed))
     }
 
-    /// Current time for decay: the provider's clock, or 0 without one.
+    /// Current time for decay (milliseconds): the provider's clock, or
+    /// `None` without one (heaps then count slow-path events instead).
     pub fn now(&self) -> Option<u64> {
         if self.caps().contains(Capabilities::CLOCK) {
             Some(self.provider.now_ms())

@@ -47,10 +47,3 @@ pub const fn align_up(x: usize, to: usize) -> usize {
 pub fn segment_base_of(p: usize) -> usize {
     p.wrapping_sub(1) & !SEGMENT_MASK
 }
-
-/// The segment holding a descriptor or an address inside a segment (not a
-/// huge block's start: see [`segment_base_of`]).
-#[inline(always)]
-pub fn segment_of<T>(p: *const T) -> *mut crate::segment::Segment {
-    (p as usize & !SEGMENT_MASK) as *mut crate::segment::Segment
-}

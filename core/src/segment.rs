@@ -12,7 +12,7 @@ use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::block::next_of;
-use crate::layout::{SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE};
+use crate::layout::{SEGMENT_MASK, SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE};
 use crate::span::{check, Broken, Span, SpanKind};
 
 /// The header at the start of every segment.
@@ -59,6 +59,13 @@ pub struct Segment {
 
 /// Words of [`Segment::resident`].
 pub const RESIDENT_WORDS: usize = SLICES_PER_SEGMENT.div_ceil(64);
+
+/// The segment holding a descriptor or an address inside a segment (not a
+/// huge block's start: see `layout::segment_base_of`).
+#[inline(always)]
+pub fn segment_of<T>(p: *const T) -> *mut Segment {
+    (p as usize & !SEGMENT_MASK) as *mut Segment
+}
 
 /// Slices taken by the header at the start of each segment.
 pub const HEADER_SLICES: usize = size_of::<Segment>().div_ceil(SLICE_SIZE);

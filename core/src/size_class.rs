@@ -8,8 +8,22 @@
 
 use crate::layout::{MAX_CLASS_SIZE, SLICE_SIZE};
 
+/// Classes of the first group: multiples of 16 up to 128 bytes.
+const SMALL_CLASSES: usize = 8;
+/// Classes per power of two above 128 bytes (so rounding wastes at most
+/// 1/8).
+const CLASSES_PER_DOUBLING: usize = 8;
+/// log2 of the first and of the last power of two spanned by the groups of
+/// eight: 128 bytes to 512 KiB (`MAX_CLASS_SIZE`).
+const FIRST_DOUBLING: usize = 7;
+const LAST_DOUBLING: usize = 19;
+
 /// Number of size classes.
-pub const NUM_CLASSES: usize = 8 + (19 - 7) * 8;
+pub const NUM_CLASSES: usize =
+    SMALL_CLASSES + (LAST_DOUBLING - FIRST_DOUBLING) * CLASSES_PER_DOUBLING;
+
+// The last class is exactly the largest block a slab holds.
+const _: () = assert!(1 << LAST_DOUBLING == MAX_CLASS_SIZE);
 
 /// The block size of class `c`.
 pub const fn class_size(c: usize) -> usize {

@@ -386,7 +386,7 @@ fn stale_pointer_into_a_recycled_segment_is_fatal() {
         heap.free(a);
         heap.free(b);
     }
-    heap.release_empty_pages();
+    heap.release_empty_slabs();
     heap.decay();
     assert_eq!(snapshot(g).segments, 0);
     // The segment comes back from the cache with only the first class in

@@ -2,9 +2,9 @@
 //! a purge delay without new frees, beyond a resident reserve; and at once
 //! on request (`malloc_trim`).
 
-use crate::layout::{segment_of, SLICES_PER_SEGMENT, SLICE_SIZE};
+use crate::layout::{SLICES_PER_SEGMENT, SLICE_SIZE};
 use crate::options::PURGE_MAX_DEFER;
-use crate::segment::{Segment, HEADER_SLICES};
+use crate::segment::{segment_of, Segment, HEADER_SLICES};
 use crate::size_class::NUM_CLASSES;
 use crate::stats::bump;
 
@@ -72,7 +72,7 @@ impl Heap {
     /// every empty segment and every cached range released. For
     /// `malloc_trim` and `arena.purge`.
     pub fn release_now(&mut self) {
-        self.release_empty_pages();
+        self.release_empty_slabs();
         self.now = self.global.now().unwrap_or(self.now);
         self.purge(true);
         self.global.purge_abandoned(self.now, 0, true);
@@ -81,7 +81,7 @@ impl Heap {
 
     /// Retires the empty slabs each class queue keeps for reuse, so their
     /// spans become free spans (and their segments possibly empty).
-    pub fn release_empty_pages(&mut self) {
+    pub fn release_empty_slabs(&mut self) {
         self.drain_delayed();
         for c in 0..NUM_CLASSES {
             let mut page = self.queues.first(c);
@@ -92,7 +92,7 @@ impl Heap {
                     (*page).collect();
                     if (*page).used == 0 {
                         self.queues.remove(c, page);
-                        self.retire_page(page);
+                        self.retire_span(page);
                     }
                     page = next;
                 }

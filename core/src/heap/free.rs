@@ -6,11 +6,9 @@ use core::sync::atomic::Ordering;
 
 use crate::block::{next_of, Block};
 use crate::fatal::Misuse;
-use crate::layout::{
-    segment_base_of, segment_of, SEGMENT_MASK, SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE,
-};
+use crate::layout::{segment_base_of, SEGMENT_MASK, SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE};
 use crate::remote::{Notify, RemotePush};
-use crate::segment::{Segment, HEADER_SLICES};
+use crate::segment::{segment_of, Segment, HEADER_SLICES};
 use crate::segment_map;
 use crate::span::{Span, SpanKind, TAG_QUEUED_SLAB};
 use crate::stats::bump;
@@ -230,7 +228,7 @@ impl Heap {
         unsafe {
             if (*page).kind == SpanKind::Large {
                 (*page).used = 0;
-                self.retire_page(page);
+                self.retire_span(page);
             } else {
                 self.push_local(page, b);
             }
@@ -258,13 +256,13 @@ impl Heap {
                     return;
                 }
                 self.queues.remove(c, page);
-                self.retire_page(page);
+                self.retire_span(page);
             }
         }
     }
 
     /// Returns an empty (unqueued) page's span to the free bins.
-    pub(super) unsafe fn retire_page(&mut self, page: *mut Span) {
+    pub(super) unsafe fn retire_span(&mut self, page: *mut Span) {
         // SAFETY: `page` is an own, empty, unqueued span.
         unsafe {
             // Wait out a remote thread still finishing a notification.

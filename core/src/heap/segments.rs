@@ -103,7 +103,7 @@ impl Heap {
             unsafe { self.adopt(seg) };
             adopted += 1;
         }
-        self.release_empty_pages();
+        self.release_empty_slabs();
         // Retires every empty segment (under pressure, straight back to the
         // provider) and decommits the free spans of the rest.
         self.purge(true);

@@ -2,8 +2,9 @@
 //! thread, at a point where no other thread frees into it. Compiled in debug
 //! builds and tests only.
 
-use crate::layout::segment_of;
 use crate::span::{check, Broken, SpanKind};
+
+use crate::segment::segment_of;
 
 use super::*;
 
