@@ -67,6 +67,29 @@ pub fn segment_of<T>(p: *const T) -> *mut Segment {
     (p as usize & !SEGMENT_MASK) as *mut Segment
 }
 
+/// The spans of a segment, left to right, as (first slice, length in
+/// slices). Each length is read when its span is reached, so the loop body
+/// may change a span's kind and state but not the tiling.
+pub struct Spans {
+    seg: *const Segment,
+    idx: usize,
+}
+
+impl Iterator for Spans {
+    type Item = (usize, usize);
+
+    fn next(&mut self) -> Option<(usize, usize)> {
+        if self.idx >= SLICES_PER_SEGMENT {
+            return None;
+        }
+        // SAFETY: `Segment::spans`' contract keeps the header valid.
+        let n = unsafe { (*self.seg).slices[self.idx].slice_count as usize }.max(1);
+        let idx = self.idx;
+        self.idx += n;
+        Some((idx, n))
+    }
+}
+
 /// Slices taken by the header at the start of each segment.
 pub const HEADER_SLICES: usize = size_of::<Segment>().div_ceil(SLICE_SIZE);
 
@@ -278,9 +301,9 @@ impl Segment {
         zero_after: bool,
         mut decommit: impl FnMut(usize, usize),
     ) {
-        let mut idx = HEADER_SLICES;
-        while idx < SLICES_PER_SEGMENT {
-            let len = (self.slices[idx].slice_count as usize).max(1);
+        // SAFETY: `self` is valid for the whole loop, which keeps the
+        // tiling.
+        for (idx, len) in unsafe { Segment::spans(self) } {
             let d = &self.slices[idx];
             if d.kind == SpanKind::Free && d.dirty {
                 let mut from = idx;
@@ -292,7 +315,6 @@ impl Segment {
                 }
                 self.decommit_span_tail(idx, len, from, zero_after, &mut decommit);
             }
-            idx += len;
         }
     }
 
@@ -315,15 +337,14 @@ impl Segment {
     /// are all free) and returns how many slices that freed.
     pub fn free_all_spans(&mut self) -> usize {
         let mut freed = 0;
-        let mut idx = HEADER_SLICES;
-        while idx < SLICES_PER_SEGMENT {
-            let len = (self.slices[idx].slice_count as usize).max(1);
+        // SAFETY: `self` is valid for the whole loop; `mark_free` keeps
+        // each span's length.
+        for (idx, len) in unsafe { Segment::spans(self) } {
             if matches!(self.slices[idx].kind, SpanKind::Slab | SpanKind::Large) {
                 self.slices[idx].thread_free.reset();
                 self.mark_free(idx, len, true, false);
                 freed += len;
             }
-            idx += len;
         }
         self.used_slices -= freed;
         freed
@@ -339,9 +360,9 @@ impl Segment {
     /// it), `key` is its heaps' link key, and no used span is queued.
     pub unsafe fn sweep(&mut self, key: usize) -> usize {
         let mut freed = 0;
-        let mut idx = HEADER_SLICES;
-        while idx < SLICES_PER_SEGMENT {
-            let n = (self.slices[idx].slice_count as usize).max(1);
+        // SAFETY: `self` is valid for the whole loop, which keeps the
+        // tiling.
+        for (idx, _) in unsafe { Segment::spans(self) } {
             let span: *mut Span = &mut self.slices[idx];
             // SAFETY: the caller's contract; remote lists hold blocks of
             // their own span, linked with `key`.
@@ -364,7 +385,6 @@ impl Segment {
                     }
                 }
             }
-            idx += n;
         }
         freed
     }
@@ -448,14 +468,24 @@ impl Segment {
         (idx - 1).checked_sub(off).filter(|&i| i >= HEADER_SLICES)
     }
 
+    /// The spans of the segment at `seg` (see [`Spans`]).
+    ///
+    /// # Safety
+    /// `seg` must stay a valid segment header, held by the caller, while
+    /// the iterator is used.
+    pub unsafe fn spans(seg: *const Segment) -> Spans {
+        Spans {
+            seg,
+            idx: HEADER_SLICES,
+        }
+    }
+
     /// Calls `f(idx, count)` for every span, left to right. `f` must not
     /// change the tiling.
     pub fn for_each_span(&self, mut f: impl FnMut(usize, usize)) {
-        let mut idx = HEADER_SLICES;
-        while idx < SLICES_PER_SEGMENT {
-            let n = (self.slices[idx].slice_count as usize).max(1);
+        // SAFETY: `self` is valid for the whole loop.
+        for (idx, n) in unsafe { Segment::spans(self) } {
             f(idx, n);
-            idx += n;
         }
     }
 

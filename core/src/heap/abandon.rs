@@ -5,9 +5,9 @@ use core::sync::atomic::Ordering;
 
 use crate::bins::SpanBins;
 use crate::fatal::Misuse;
-use crate::layout::{SLICES_PER_SEGMENT, SLICE_SIZE};
+use crate::layout::SLICE_SIZE;
 use crate::remote::Notify;
-use crate::segment::{Segment, HEADER_SLICES};
+use crate::segment::Segment;
 use crate::span::{Span, SpanKind};
 
 use super::*;
@@ -36,16 +36,13 @@ impl Heap {
         while !seg.is_null() {
             // SAFETY: owned segments; spans are walked by their tags.
             unsafe {
-                let s = &*seg;
-                let mut idx = HEADER_SLICES;
-                while idx < SLICES_PER_SEGMENT {
-                    let d = &s.slices[idx];
+                for (idx, _) in Segment::spans(seg) {
+                    let d = &(*seg).slices[idx];
                     if matches!(d.kind, SpanKind::Slab | SpanKind::Large) {
                         d.thread_free.set_notify(Notify::Normal);
                     }
-                    idx += (d.slice_count as usize).max(1);
                 }
-                seg = s.next;
+                seg = (*seg).next;
             }
         }
         self.drain_delayed();
@@ -109,9 +106,7 @@ impl Heap {
             self.link_segment(seg);
             self.sweep_segment(seg);
             let s = &mut *seg;
-            let mut idx = HEADER_SLICES;
-            while idx < SLICES_PER_SEGMENT {
-                let n = (s.slices[idx].slice_count as usize).max(1);
+            for (idx, n) in Segment::spans(seg) {
                 let page: *mut Span = &mut s.slices[idx];
                 match (*page).kind {
                     SpanKind::Slab => {
@@ -140,7 +135,6 @@ impl Heap {
                     }
                     _ => {}
                 }
-                idx += n;
             }
             let bins: *mut SpanBins = &mut self.bins;
             s.coalesce_all(|s, i| (*bins).insert(&mut s.slices[i]));
