@@ -4,16 +4,25 @@
 //! [`provider::PageProvider`], which the hosted (mmap) and bare-metal (buddy)
 //! frontends implement.
 //!
-//! Layers, each depending only on those above it in this list:
-//! - [`provider`]: the page-provider contract;
+//! Layers, each depending only on those above it in this list (a test,
+//! `layers_depend_only_downward`, keeps it so):
+//! - [`provider`]: the page-provider contract; [`fatal`], [`options`],
+//!   [`stats`];
 //! - [`layout`], [`size_class`]: geometry and size classes;
-//! - [`segment_map`], [`segment`]: aligned segments and their span tags;
-//! - [`page`]: slabs and their sharded free lists;
-//! - [`span`]: bins of free spans;
-//! - [`global`]: state shared by heaps (abandoned segments, caches, huge
-//!   blocks);
+//! - [`list`]: the one intrusive list type;
+//! - [`block`]: free blocks and their encoded links;
+//! - [`remote`]: remote frees (the thread-free word, the notify protocol,
+//!   delayed frees);
+//! - [`span`]: span descriptors and a slab's free lists;
+//! - [`segment_map`], [`segment`]: aligned segments, their span tiling and
+//!   boundary tags;
+//! - [`bins`]: a heap's free spans, carving and coalescing;
+//!   [`queues`]: a heap's slab queues and direct table;
+//! - [`cache`], [`abandoned`], [`pool`], [`fork`]: the shared pieces
+//!   (cached reservations, abandoned segments, heap records, fork safety);
+//! - [`global`]: state shared by heaps, huge blocks, provider calls;
 //! - [`heap`]: per-thread/per-CPU heaps, the allocation and free paths.
-//!
+
 //! Hardening built in from the start: free-list links are encoded with a
 //! secret key and their own address; links leaving their segment are
 //! reported as corruption; frees of pointers that are not live block starts
@@ -48,3 +57,79 @@ pub use global::Global;
 pub use heap::{owns, snapshot, usable_size, Heap};
 pub use provider::{Capabilities, PageProvider};
 pub use stats::Snapshot;
+
+/// The layering the crate documentation describes, checked on the sources.
+#[cfg(test)]
+mod layering {
+    /// Modules from the bottom layer up; each may use only those before it.
+    const ORDER: &[&str] = &[
+        "provider",
+        "layout",
+        "size_class",
+        "fatal",
+        "options",
+        "stats",
+        "list",
+        "block",
+        "remote",
+        "span",
+        "segment_map",
+        "segment",
+        "bins",
+        "queues",
+        "cache",
+        "abandoned",
+        "pool",
+        "fork",
+        "global",
+        "heap",
+    ];
+
+    fn sources(module: &str) -> Vec<(String, String)> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+        let file = format!("{dir}/{module}.rs");
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            return vec![(file, text)];
+        }
+        std::fs::read_dir(format!("{dir}/{module}"))
+            .unwrap_or_else(|e| panic!("module {module}: {e}"))
+            .map(|e| {
+                let path = e.unwrap().path();
+                let text = std::fs::read_to_string(&path).unwrap();
+                (path.display().to_string(), text)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn layers_depend_only_downward() {
+        for (rank, module) in ORDER.iter().enumerate() {
+            for (file, text) in sources(module) {
+                for (i, _) in text.match_indices("crate::") {
+                    let name: String = text[i + 7..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    let Some(other) = ORDER.iter().position(|m| *m == name) else {
+                        continue;
+                    };
+                    assert!(
+                        other <= rank,
+                        "{file}: `{module}` uses `{name}`, a layer above it"
+                    );
+                }
+            }
+        }
+        // Every module is placed in the order.
+        let lib = include_str!("lib.rs");
+        for line in lib.lines() {
+            if let Some(m) = line.strip_prefix("pub mod ") {
+                let m = m.trim_end_matches(';');
+                assert!(
+                    ORDER.contains(&m),
+                    "module `{m}` missing from the layer order"
+                );
+            }
+        }
+    }
+}

@@ -72,7 +72,8 @@ pub struct Span {
     pub dirty: bool,
     /// Span length in slices (first slice only).
     pub slice_count: u32,
-    /// Remote frees: encoded list head plus [`Notify`] state bits.
+    /// Remote frees: encoded list head plus [`crate::remote::Notify`] state
+    /// bits.
     pub thread_free: ThreadFree,
     /// Queue or bin links.
     pub next: *mut Span,
