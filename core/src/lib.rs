@@ -22,7 +22,7 @@
 //!   (cached reservations, abandoned segments, heap records, fork safety);
 //! - [`global`]: state shared by heaps, huge blocks, provider calls;
 //! - [`heap`]: per-thread/per-CPU heaps, the allocation and free paths.
-
+//!
 //! Hardening built in from the start: free-list links are encoded with a
 //! secret key and their own address; links leaving their segment are
 //! reported as corruption; frees of pointers that are not live block starts
