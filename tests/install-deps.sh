@@ -12,6 +12,9 @@ declare -A needed=(
     [sqlite3]=sqlite3
     [bash]=bash
     [ls]=coreutils
+    [pkg-config]=pkg-config
+    [nm]=binutils
+    [readelf]=binutils
 )
 
 missing=()

@@ -7,7 +7,16 @@
 //! from CPUID back to it without locking.
 //!
 //! This module only identifies CPUs. The per-CPU allocator built on it is
-//! not part of this crate yet.
+//! [`KernelAlloc`](crate::KernelAlloc) (`kernel_alloc.rs`): pass it
+//! [`current_cpu_index`] and it gives each registered CPU a heap of its
+//! own; a CPU that has not registered yet uses its shared heap.
+//!
+//! Limits: at most [`MAX_CPUS`] CPUs register (further calls return
+//! `None`, and those CPUs keep using the shared heap), and APIC IDs are the
+//! 8-bit initial IDs from CPUID leaf 1: on x2APIC systems with IDs above
+//! 255, CPUs whose IDs agree in the low 8 bits share one index (still
+//! safe with `KernelAlloc`, whose per-CPU heap is behind a lock: the CPU
+//! that finds it taken uses the shared heap, but they contend).
 
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 

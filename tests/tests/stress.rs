@@ -3,11 +3,29 @@
 //! randomized multithreaded run with content checks. Each test runs one
 //! program from `tests/c/` with the allocator preloaded; the programs print
 //! their measurements, which are shown when a test fails.
+//!
+//! Tests that check a memory figure (resident memory, address space under
+//! an `RLIMIT_AS` cap) or how fast memory comes back run one at a time
+//! ([`measuring`]): two of them side by side would compete for memory and
+//! CPU and skew each other's figures. The others still run in parallel.
 
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use apex_system_tests::{allocator, compile, preload, run, test_dir, RunOutput};
+
+/// Held for the whole body of every test that measures memory or time.
+static MEASURING: Mutex<()> = Mutex::new(());
+
+/// Waits until no other measuring test of this binary runs, and keeps the
+/// others waiting until the returned guard is dropped. A failed test
+/// poisons the lock; the next one takes it all the same.
+fn measuring() -> MutexGuard<'static, ()> {
+    MEASURING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Compiles `source` and runs it preloaded with `args`, expecting exit 0
 /// and the program's `<name>: ok` line.
@@ -46,6 +64,7 @@ fn run_program_env(
 /// peak RSS must stay under 256 MiB.
 #[test]
 fn producer_consumer_memory_stays_bounded() {
+    let _one_at_a_time = measuring();
     run_program(
         "producer_consumer.c",
         &["5000000", "256"],
@@ -57,6 +76,7 @@ fn producer_consumer_memory_stays_bounded() {
 /// memory may grow by at most 64 MiB.
 #[test]
 fn thread_churn_memory_stays_bounded() {
+    let _one_at_a_time = measuring();
     run_program(
         "thread_churn.c",
         &["5000", "16", "64"],
@@ -73,6 +93,7 @@ fn thread_churn_memory_stays_bounded() {
 /// reaches GiBs).
 #[test]
 fn thread_pool_churn_stays_bounded() {
+    let _one_at_a_time = measuring();
     run_program(
         "pool_churn.c",
         &["20000", "40", "150", "64", "4", "640"],
@@ -85,6 +106,7 @@ fn thread_pool_churn_stays_bounded() {
 /// MiB here (jemalloc about 45, glibc 22); at most 96 MiB.
 #[test]
 fn thread_pool_churn_with_concurrent_waves() {
+    let _one_at_a_time = measuring();
     run_program_env(
         "pool_churn.c",
         &["10000", "40", "96", "64", "2", "640"],
@@ -99,6 +121,7 @@ fn thread_pool_churn_with_concurrent_waves() {
 /// jemalloc; a slab pinned per thread made it 64).
 #[test]
 fn blocks_left_by_exited_threads_pin_little() {
+    let _one_at_a_time = measuring();
     run_program("leftovers.c", &["4000", "16"], Duration::from_secs(60));
 }
 
@@ -124,12 +147,14 @@ fn fork_during_cross_thread_handoff() {
 /// a 100 MiB block and refills the cap without `malloc_trim`.
 #[test]
 fn exhaustion_freed_memory_is_reusable() {
+    let _one_at_a_time = measuring();
     run_program("exhaustion.c", &["refill"], Duration::from_secs(60));
 }
 
 /// Realloc growth under a 256 MiB cap reaches at least 112 MiB.
 #[test]
 fn exhaustion_realloc_grows_to_the_cap() {
+    let _one_at_a_time = measuring();
     run_program("exhaustion.c", &["realloc"], Duration::from_secs(60));
 }
 
@@ -137,6 +162,7 @@ fn exhaustion_realloc_grows_to_the_cap() {
 /// has freed everything (it never calls `malloc_trim`).
 #[test]
 fn exhaustion_threads_recover_after_free() {
+    let _one_at_a_time = measuring();
     run_program("exhaustion.c", &["threads"], Duration::from_secs(60));
 }
 
@@ -144,6 +170,7 @@ fn exhaustion_threads_recover_after_free() {
 /// those that cannot get one of their own fall back to the shared heap.
 #[test]
 fn exhaustion_threads_without_a_segment_share() {
+    let _one_at_a_time = measuring();
     run_program("exhaustion.c", &["many"], Duration::from_secs(60));
 }
 
@@ -151,6 +178,7 @@ fn exhaustion_threads_without_a_segment_share() {
 /// not twice that).
 #[test]
 fn huge_alignments_are_served() {
+    let _one_at_a_time = measuring();
     run_program("exhaustion.c", &["align"], Duration::from_secs(60));
 }
 
@@ -158,6 +186,7 @@ fn huge_alignments_are_served() {
 /// memory, and grows back with its contents.
 #[test]
 fn huge_block_shrink_returns_its_tail() {
+    let _one_at_a_time = measuring();
     run_program("huge_shrink.c", &[], Duration::from_secs(60));
 }
 
@@ -166,6 +195,7 @@ fn huge_block_shrink_returns_its_tail() {
 /// program never calls the allocator again.
 #[test]
 fn background_purge_returns_memory_of_an_idle_process() {
+    let _one_at_a_time = measuring();
     run_program_env(
         "idle_burst.c",
         &["50"],
@@ -185,6 +215,7 @@ fn fork_while_threads_allocate() {
 /// resident memory must fall under 50% of its peak.
 #[test]
 fn rss_falls_after_burst_and_trim() {
+    let _one_at_a_time = measuring();
     run_program("rss_burst.c", &["512", "50"], Duration::from_secs(90));
 }
 
@@ -193,6 +224,7 @@ fn rss_falls_after_burst_and_trim() {
 /// peak within 3 s.
 #[test]
 fn rss_falls_after_burst_without_trim() {
+    let _one_at_a_time = measuring();
     run_program(
         "rss_burst.c",
         &["512", "50", "notrim"],
