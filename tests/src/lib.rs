@@ -285,6 +285,17 @@ impl RunOutput {
         assert!(self.success(), "command failed:\n{}", self.report());
         self
     }
+
+    /// Panics with the full report unless stdout contains `line`.
+    #[track_caller]
+    pub fn assert_stdout(&self, line: &str) -> &Self {
+        assert!(
+            self.stdout.contains(line),
+            "missing {line:?} on stdout:\n{}",
+            self.report()
+        );
+        self
+    }
 }
 
 /// Name of a few signals, for messages.

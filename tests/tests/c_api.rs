@@ -34,11 +34,7 @@ fn subtest(name: &str) {
     let alloc = allocator();
     let out = run_c_api(&alloc, name);
     out.assert_success();
-    assert!(
-        out.stdout.contains(&format!("{name}: ok")),
-        "subtest did not report success:\n{}",
-        out.report()
-    );
+    out.assert_stdout(&format!("{name}: ok"));
 }
 
 /// Runs a subtest of an optional C23 function: it must pass when present,
@@ -174,5 +170,5 @@ fn cxx_operator_new_and_delete() {
     preload(&mut cmd, &alloc);
     let out = run(&mut cmd, Duration::from_secs(60));
     out.assert_success();
-    assert!(out.stdout.contains("cxx_new: ok"), "{}", out.report());
+    out.assert_stdout("cxx_new: ok");
 }

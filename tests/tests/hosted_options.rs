@@ -49,11 +49,7 @@ fn run_stats_output(mode: &str, env: &[(&str, &str)]) -> (RunOutput, u32) {
     }
     let out = run(&mut cmd, TIMEOUT);
     out.assert_success();
-    assert!(
-        out.stdout.contains("stats_output: ok"),
-        "no success line:\n{}",
-        out.report()
-    );
+    out.assert_stdout("stats_output: ok");
     let pid = out
         .stdout
         .lines()
@@ -344,7 +340,7 @@ fn verbose_once_per_process_tree() {
     assert_eq!(lines.len(), 1, "{}", out.report());
     assert!(lines[0].starts_with("apexalloc[sh:"), "{}", out.report());
     assert!(lines[0].contains(" APEX_VERBOSE=1 "), "{}", out.report());
-    assert!(out.stdout.contains("verbose=S"), "{}", out.report());
+    out.assert_stdout("verbose=S");
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.report());
 
     let mut cmd = command(&sh, &[("APEX_VERBOSE", "all")]);
@@ -356,5 +352,5 @@ fn verbose_once_per_process_tree() {
     assert_eq!(lines.len(), 3, "{}", out.report());
     assert_eq!(count("apexalloc[sh:"), 1, "{}", out.report());
     assert_eq!(count("apexalloc[ls:"), 2, "{}", out.report());
-    assert!(out.stdout.contains("verbose=all"), "{}", out.report());
+    out.assert_stdout("verbose=all");
 }

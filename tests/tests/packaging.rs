@@ -125,11 +125,7 @@ fn installed_library_links_with_pkg_config() {
         .env_remove("APEX_STATS_FILE");
     let out = run(&mut cmd, Duration::from_secs(30));
     out.assert_success();
-    assert!(
-        out.stdout.contains("pkg_config_user: ok"),
-        "{}",
-        out.report()
-    );
+    out.assert_stdout("pkg_config_user: ok");
     let from = out
         .stdout
         .lines()

@@ -51,11 +51,7 @@ fn run_program_env(
     preload(&mut cmd, &alloc);
     let out = run(&mut cmd, timeout);
     out.assert_success();
-    assert!(
-        out.stdout.contains(&format!("{name}: ok")),
-        "no success line:\n{}",
-        out.report()
-    );
+    out.assert_stdout(&format!("{name}: ok"));
     eprintln!("{}", out.stdout.trim_end());
     out
 }
@@ -136,11 +132,7 @@ fn fork_during_cross_thread_handoff() {
         &[("APEX_TEST_HANDOFF_FD", "100")],
         Duration::from_secs(60),
     );
-    assert!(
-        out.stdout.contains("fork_handoff: child ok"),
-        "the child did not finish:\n{}",
-        out.report()
-    );
+    out.assert_stdout("fork_handoff: child ok");
 }
 
 /// Address-space exhaustion under an `RLIMIT_AS` cap: freed memory serves
@@ -251,11 +243,7 @@ fn allocation_after_thread_cleanup_and_at_exit() {
     let out = run(&mut cmd, Duration::from_secs(60));
     out.assert_success();
     for line in ["late_cleanup: ok", "late_cleanup: atexit ok"] {
-        assert!(
-            out.stdout.contains(line),
-            "missing {line:?}:\n{}",
-            out.report()
-        );
+        out.assert_stdout(line);
     }
     assert!(
         out.stderr.contains("late_cleanup: destructor ok"),
