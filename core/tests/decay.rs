@@ -190,3 +190,28 @@ fn abandoned_segments_whose_blocks_were_all_freed_are_released() {
     assert_eq!(s.adopted_total, 0, "it was adopted, not released");
     assert_eq!(s.segments, segments - 1);
 }
+
+#[test]
+fn a_pinned_heap_keeps_its_segment_but_returns_its_memory() {
+    let (p, g, hb) = setup();
+    let heap = hb.get();
+    assert!(heap.pin_segment());
+    assert_eq!(snapshot(g).segments, 1);
+    burst(heap, 96 * 1024, 24 * MIB);
+    p.advance(DELAY_MS);
+    heap.decay();
+    heap.release_now();
+    // The memory went back, the segment (address space) stayed.
+    assert!(
+        decommitted(p) >= 22 * MIB,
+        "only {} decommitted",
+        decommitted(p)
+    );
+    assert_eq!(snapshot(g).segments, 1, "a pinned heap gave up its segment");
+    // Without the pin the same heap's empty segment goes.
+    let other = HeapBox::new(g);
+    let h2 = other.get();
+    burst(h2, 96 * 1024, 4 * MIB);
+    h2.release_now();
+    assert_eq!(snapshot(g).segments, 1, "an unpinned empty segment stayed");
+}

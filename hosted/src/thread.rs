@@ -38,7 +38,7 @@ pub(crate) fn bind_process() {
     // either. (Address space only: nothing is touched until it is used.)
     *SHARED.lock() = Heap::create(&GLOBAL).map(|mut h| {
         // SAFETY: just created, not yet shared with anybody.
-        unsafe { h.as_mut().add_segment() };
+        unsafe { h.as_mut().pin_segment() };
         HeapPtr(h)
     });
 }

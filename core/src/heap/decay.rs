@@ -150,10 +150,11 @@ impl Heap {
                 // SAFETY: binned spans are free spans of owned segments.
                 unsafe {
                     let seg = segment_of(span);
-                    // Whole free segments are retired below instead.
+                    // Whole free segments are retired below instead (but
+                    // for the one a pinned heap keeps).
                     if excess == 0
                         || !(*span).dirty
-                        || (*span).slice_count == full_span
+                        || ((*span).slice_count == full_span && !self.keeps(seg))
                         || !due(seg)
                     {
                         return;
@@ -176,7 +177,7 @@ impl Heap {
                 // The batch is dealt with; what stayed resident is within
                 // the reserve and remains eligible at later checks.
                 (*seg).purge_at = 0;
-                if (*seg).used_slices == 0 {
+                if (*seg).used_slices == 0 && !self.keeps(seg) {
                     self.release_segment(seg);
                 }
                 seg = next;

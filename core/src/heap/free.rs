@@ -299,7 +299,7 @@ impl Heap {
             while !other.is_null() && (other == seg || (*other).used_slices != 0) {
                 other = (*other).next;
             }
-            if other.is_null() && !self.global.under_pressure() {
+            if (other.is_null() && !self.global.under_pressure()) || self.keeps(seg) {
                 return;
             }
             self.release_segment(seg);

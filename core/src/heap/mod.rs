@@ -70,6 +70,8 @@ pub struct Heap {
     /// Time of the last decay check (clock ms, or ticks / interval).
     now: u64,
     pub stats: HeapStats,
+    /// Keeps its last segment for good (see [`Heap::pin_segment`]).
+    pinned: bool,
 }
 
 /// What a pointer handed to `free`/`realloc` turned out to be.
@@ -103,6 +105,7 @@ impl Heap {
                 // never reads as a time that has passed.
                 now: global.now().unwrap_or(1),
                 stats: HeapStats::new(),
+                pinned: false,
             });
         }
         drop(pool);

@@ -72,11 +72,26 @@ impl Heap {
         }
     }
 
+    /// Gives the heap a segment now and keeps its last segment for good:
+    /// decay and reclaims still return its free memory, but never its
+    /// address space. For a shared fallback heap, which must have room when
+    /// threads that cannot get a segment of their own turn to it, exactly
+    /// when memory is short. Returns false when no segment could be had.
+    pub fn pin_segment(&mut self) -> bool {
+        self.pinned = true;
+        !self.segments.is_empty() || self.add_segment()
+    }
+
+    /// Whether `seg` is the one segment a pinned heap keeps.
+    pub(super) fn keeps(&self, seg: *mut Segment) -> bool {
+        // SAFETY: `seg` is an own segment.
+        self.pinned && self.segments.first == seg && unsafe { (*seg).next.is_null() }
+    }
+
     /// Gets one more segment: an abandoned one to adopt, else a new one;
     /// when none can be had, reclaims memory and tries once more. Returns
-    /// false when out of memory. (Public so a frontend can give a heap its
-    /// first segment ahead of need.)
-    pub fn add_segment(&mut self) -> bool {
+    /// false when out of memory.
+    pub(super) fn add_segment(&mut self) -> bool {
         if let Some(seg) = self.global.pop_abandoned() {
             // SAFETY: popped abandoned segments are exclusively ours.
             unsafe { self.adopt(seg) };
