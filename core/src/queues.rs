@@ -77,8 +77,15 @@ impl SlabQueues {
     }
 
     /// Whether class `c`'s queue holds exactly `span`.
-    pub fn holds_only(&self, c: usize, span: *mut Span) -> bool {
-        let q = self.queues[c];
+    ///
+    /// # Safety
+    /// `c` must be a size class (unchecked: this runs on every free that
+    /// empties a slab).
+    #[inline(always)]
+    pub unsafe fn holds_only(&self, c: usize, span: *mut Span) -> bool {
+        debug_assert!(c < NUM_CLASSES);
+        // SAFETY: the caller's contract.
+        let q = unsafe { self.queues.get_unchecked(c) };
         q.first == span && q.last == span
     }
 

@@ -196,6 +196,17 @@ fn the_checker_catches_broken_invariants() {
     let blocks: Vec<*mut u8> = (0..64).map(|_| heap.malloc(48)).collect();
     let large = heap.malloc(600_000);
     verify(heap, "before");
+    // Usable sizes: block starts (the quick check) and everything else
+    // (the full lookup) agree with the blocks.
+    // SAFETY: live blocks and addresses inside them; nothing is written.
+    unsafe {
+        for &b in &blocks {
+            assert_eq!(usable_size(b), 48);
+            assert_eq!(usable_size(b.add(8)), 0, "an interior pointer has no size");
+        }
+        assert!(usable_size(large) >= 600_000);
+        assert_eq!(usable_size(large.add(4096)), 0);
+    }
     let slab = span_of(blocks[0]);
 
     // A block lost from the accounting (a `used` count off by one).

@@ -21,7 +21,8 @@ use crate::bins::SpanBins;
 use crate::fatal::Misuse;
 use crate::global::Global;
 use crate::layout::{
-    segment_base_of, MAX_CLASS_SIZE, MIN_ALIGN, SEGMENT_MASK, SLICES_PER_SEGMENT, SLICE_SIZE,
+    segment_base_of, MAX_CLASS_SIZE, MIN_ALIGN, SEGMENT_MASK, SLICES_PER_SEGMENT, SLICE_SHIFT,
+    SLICE_SIZE,
 };
 use crate::list::List;
 use crate::queues::SlabQueues;
@@ -485,10 +486,23 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
     if !segment_map::contains(seg) {
         return 0;
     }
-    // SAFETY: a live segment is there.
-    match unsafe { find_block(seg as *mut Segment, addr) } {
-        Found::Block(_, usable) => usable,
-        _ => 0,
+    // SAFETY: a live segment is there; the slice index is masked into
+    // the segment (its header slices are never slabs).
+    unsafe {
+        // The common case, checked as the free fast path does: a block
+        // boundary in the first slice of a slab.
+        let idx = (addr >> SLICE_SHIFT) & (SLICES_PER_SEGMENT - 1);
+        let d = (*(seg as *const Segment)).slices.as_ptr().add(idx);
+        if (*d).kind == SpanKind::Slab
+            && (*d).slice_offset == 0
+            && (*d).is_block_offset(addr - (*d).start)
+        {
+            return (*d).block_size;
+        }
+        match find_block(seg as *mut Segment, addr) {
+            Found::Block(_, usable) => usable,
+            _ => 0,
+        }
     }
 }
 
