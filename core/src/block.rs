@@ -1,8 +1,12 @@
 //! Free blocks and the links stored inside them.
 //!
-//! Every link stored inside a free block is encoded with a secret key and
-//! the block's own address (safe-linking), so a leaked or overwritten link
-//! does not give an attacker a usable pointer.
+//! Every link stored inside a free block is encoded with its slab's secret
+//! and a multiplicative tweak of the block's own address, so freed memory
+//! shows no heap pointers, and a link copied from one slot to another
+//! decodes to garbage (the tweaks of two slots differ in their high bits).
+//! The encoding alone does not make a link unforgeable: the checks that a
+//! popped link lands on a carved block of the same slab, and the live-block
+//! bitmap (see `crate::live`), do that.
 
 /// A free block; its first word is the encoded link to the next one.
 #[repr(C)]
@@ -10,16 +14,26 @@ pub struct Block {
     next: usize,
 }
 
+/// An odd constant with well-spread bits (2^64 / the golden ratio): the
+/// multiplier of the slot tweak.
+const TWEAK: usize = 0x9e37_79b9_7f4a_7c15;
+
+/// The pad that hides the link stored at `slot`.
+#[inline(always)]
+fn pad(slot: *mut Block, key: usize) -> usize {
+    (slot as usize).wrapping_mul(TWEAK) ^ key
+}
+
 /// Encodes the link stored at `slot`.
 #[inline(always)]
 pub fn encode(next: *mut Block, slot: *mut Block, key: usize) -> usize {
-    (next as usize) ^ (slot as usize).rotate_left(23) ^ key
+    (next as usize) ^ pad(slot, key)
 }
 
 /// Decodes the link stored at `slot`.
 #[inline(always)]
 pub fn decode(stored: usize, slot: *mut Block, key: usize) -> *mut Block {
-    (stored ^ (slot as usize).rotate_left(23) ^ key) as *mut Block
+    (stored ^ pad(slot, key)) as *mut Block
 }
 
 /// Reads the next link of `b`.
@@ -59,5 +73,9 @@ mod tests {
             decode(encode(ptr::null_mut(), slot, key), slot, key),
             ptr::null_mut()
         );
+        // A link copied to another slot of the same slab decodes far away.
+        let other = 0x7f00_0001_0080usize as *mut Block;
+        let moved = decode(e, other, key) as usize;
+        assert!(moved.abs_diff(next as usize) > 1 << 32, "{moved:#x}");
     }
 }

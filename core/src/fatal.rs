@@ -18,6 +18,10 @@ pub enum Misuse {
     FreeListCorruption,
     /// A segment header failed its integrity check.
     HeaderCorruption,
+    /// The canary after a block was overwritten (a linear overflow).
+    HeapOverflow,
+    /// A freed (zeroed) block was written before it was handed out again.
+    WriteAfterFree,
 }
 
 impl Misuse {
@@ -29,6 +33,8 @@ impl Misuse {
             Misuse::InvalidRealloc => "invalid realloc",
             Misuse::FreeListCorruption => "free-list corruption",
             Misuse::HeaderCorruption => "segment header corruption",
+            Misuse::HeapOverflow => "heap overflow",
+            Misuse::WriteAfterFree => "write after free",
         }
     }
 }
@@ -72,16 +78,42 @@ impl Write for LineBuf {
     }
 }
 
-/// Reports `misuse` at address `ptr` and never returns.
+/// Formats the stable one-line report: `apexalloc: fatal: <what>
+/// (<address>, <size>)`, where the size is the block's (its size class or
+/// its usable size) or `unknown size` for a pointer outside the heap.
+pub fn format(line: &mut LineBuf, misuse: Misuse, ptr: usize, size: Option<usize>) {
+    let _ = match size {
+        Some(n) => write!(line, "apexalloc: fatal: {} ({:#x}, {} B)", misuse.text(), ptr, n),
+        None => write!(
+            line,
+            "apexalloc: fatal: {} ({:#x}, unknown size)",
+            misuse.text(),
+            ptr
+        ),
+    };
+}
+
+/// Reports `misuse` at address `ptr` (a block of `size` bytes, if known)
+/// and never returns.
 #[cold]
 #[inline(never)]
-pub fn report(provider: &dyn PageProvider, misuse: Misuse, ptr: usize) -> ! {
+pub fn report(provider: &dyn PageProvider, misuse: Misuse, ptr: usize, size: Option<usize>) -> ! {
     let mut line = LineBuf::new();
-    let _ = write!(
-        line,
-        "apexalloc: fatal: {} (pointer {:#x})",
-        misuse.text(),
-        ptr
-    );
+    format(&mut line, misuse, ptr, size);
     provider.fatal(line.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_lines_are_stable() {
+        let mut l = LineBuf::new();
+        format(&mut l, Misuse::DoubleFree, 0x7f00_0000_1040, Some(64));
+        assert_eq!(l.as_str(), "apexalloc: fatal: double free (0x7f0000001040, 64 B)");
+        let mut l = LineBuf::new();
+        format(&mut l, Misuse::InvalidFree, 0x1000, None);
+        assert_eq!(l.as_str(), "apexalloc: fatal: invalid free (0x1000, unknown size)");
+    }
 }

@@ -15,11 +15,12 @@ use crate::abandoned::AbandonedStack;
 use crate::cache::{CacheEntry, RangeCache};
 use crate::fatal::{self, Misuse};
 use crate::fork::{ForkGate, ForkGuard};
+use crate::harden::Mitigations;
 use crate::layout::{align_up, SEGMENT_SIZE, SLICES_PER_SEGMENT, SLICE_SIZE};
 use crate::options::Options;
 use crate::pool::MetaPool;
 use crate::provider::{Capabilities, PageProvider, PAGE_SIZE};
-use crate::segment::{Segment, HEADER_SLICES};
+use crate::segment::{Segment, GUARD_OFFSET, HEADER_SLICES};
 use crate::segment_map;
 use crate::span::SpanKind;
 use crate::stats::{GlobalStats, HeapStats, Snapshot};
@@ -29,6 +30,11 @@ pub struct Global {
     provider: &'static dyn PageProvider,
     caps: AtomicU32,
     key: AtomicUsize,
+    /// A second secret for segment header cookies, so learning the link
+    /// key says nothing about them.
+    cookie_key: AtomicUsize,
+    /// The [`Mitigations`] in force (bits), fixed once the instance starts.
+    harden: AtomicU32,
     init: spin::Once<()>,
     pub options: Options,
     pub stats: GlobalStats,
@@ -48,6 +54,14 @@ pub struct Global {
 /// folded into the key so it is never a plain address.
 const GOLDEN_RATIO_64: usize = 0x9e37_79b9_7f4a_7c15;
 
+/// A bijective mixer (the SplitMix64 finaliser): spreads every input bit
+/// over the whole word.
+pub fn mix64(mut x: usize) -> usize {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 impl Global {
     /// A new instance over `provider`. Nothing is reserved until the first
     /// heap is created.
@@ -56,6 +70,8 @@ impl Global {
             provider,
             caps: AtomicU32::new(0),
             key: AtomicUsize::new(0),
+            cookie_key: AtomicUsize::new(0),
+            harden: AtomicU32::new(Mitigations::DEFAULT.bits()),
             init: spin::Once::new(),
             options: Options::new(),
             stats: GlobalStats::new(),
@@ -120,17 +136,45 @@ impl Global {
         self.init.call_once(|| {
             self.caps
                 .store(self.provider.capabilities().bits(), Ordering::Relaxed);
-            let mut buf = [0u8; 8];
-            let mut key = if self.provider.entropy(&mut buf) {
-                usize::from_ne_bytes(buf)
-            } else {
-                0
+            let mut buf = [0u8; 16];
+            let got = self.provider.entropy(&mut buf);
+            let word = |i: usize| {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&buf[i * 8..i * 8 + 8]);
+                if got {
+                    usize::from_ne_bytes(w)
+                } else {
+                    0
+                }
             };
-            // Without entropy, still make the key differ between runs when
-            // ASLR moves this structure; and never let it be zero.
-            key ^= (self as *const Self as usize).rotate_left(32) ^ GOLDEN_RATIO_64;
-            self.key.store(key | 1, Ordering::Relaxed);
+            // Without entropy, still make the keys differ between runs when
+            // ASLR moves this structure; and never let them be zero.
+            let salt = (self as *const Self as usize).rotate_left(32) ^ GOLDEN_RATIO_64;
+            self.key.store(word(0) ^ salt | 1, Ordering::Relaxed);
+            let cookie = mix64(word(1) ^ salt.rotate_left(17) ^ word(0));
+            self.cookie_key.store(cookie | 1, Ordering::Relaxed);
         });
+    }
+
+    /// Sets the mitigations in force. Must be called before the first heap
+    /// is created (later calls would mix policies within one heap's
+    /// lifetime and are ignored).
+    pub fn set_mitigations(&self, m: Mitigations) {
+        if !self.init.is_completed() {
+            self.harden.store(m.bits(), Ordering::Relaxed);
+        }
+    }
+
+    /// The mitigations in force.
+    #[inline]
+    pub fn mitigations(&self) -> Mitigations {
+        Mitigations::from_bits_truncate(self.harden.load(Ordering::Relaxed))
+    }
+
+    /// The secret for segment header cookies.
+    #[inline]
+    pub fn cookie_key(&self) -> usize {
+        self.cookie_key.load(Ordering::Relaxed)
     }
 
     /// The provider this instance draws from.
@@ -160,10 +204,45 @@ impl Global {
         }
     }
 
-    /// Reports a misuse and ends the process.
+    /// Reports a misuse at `ptr` (a block of `size` bytes, when known) and
+    /// ends the process.
     #[cold]
-    pub fn misuse(&self, what: Misuse, ptr: usize) -> ! {
-        fatal::report(self.provider, what, ptr)
+    pub fn misuse(&self, what: Misuse, ptr: usize, size: Option<usize>) -> ! {
+        fatal::report(self.provider, what, ptr, size)
+    }
+
+    /// Makes a range inaccessible or accessible again, where the provider
+    /// can; returns whether it did.
+    ///
+    /// # Safety
+    /// The range is page-aligned, inside a live reservation, and nothing
+    /// touches it while it is inaccessible.
+    pub unsafe fn protect(&self, addr: usize, len: usize, accessible: bool) -> bool {
+        match NonNull::new(addr as *mut u8) {
+            // SAFETY: forwarded from the caller.
+            Some(p) if len > 0 => unsafe { self.provider.protect(p, len, accessible) },
+            _ => false,
+        }
+    }
+
+    /// Finishes a new segment header: the live-block bitmap cleared unless
+    /// the memory is known clear (fresh zeroed memory, or a recycled range
+    /// whose bitmap the last user left clear), and the guard page after the
+    /// header set up on a new reservation ([`Mitigations::GUARDS`]; a
+    /// recycled range keeps its guard).
+    ///
+    /// # Safety
+    /// `seg` is a just-initialised header, exclusively the caller's.
+    unsafe fn prepare_header(&self, seg: *mut Segment, fresh: bool, recycled: bool) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            if !fresh && !recycled {
+                (*seg).live.clear_all();
+            }
+            if !recycled && self.mitigations().contains(Mitigations::GUARDS) {
+                self.protect((*seg).base() + GUARD_OFFSET, PAGE_SIZE, false);
+            }
+        }
     }
 
     /// Decommits a range when the provider can.
@@ -248,7 +327,7 @@ impl Global {
     /// A fresh or recycled segment with an initialised header, owned by
     /// nobody yet.
     pub fn new_segment(&self) -> Option<*mut Segment> {
-        let key = self.key();
+        let key = self.cookie_key();
         let caps = self.caps();
         // `zero`: the body reads as zero. `fresh`: so does the header; a
         // recycled segment's header was never decommitted and still holds
@@ -256,8 +335,10 @@ impl Global {
         // `resident`: which slices of a resident recycled body were touched
         // (its header was never decommitted and still says).
         let mut resident = None;
+        let mut recycled = false;
         let (base, zero, fresh) = match self.cache_take(SEGMENT_SIZE) {
             Some((base, _, committed)) => {
+                recycled = true;
                 if committed {
                     // SAFETY: a cached segment's header is intact and ours.
                     resident = Some(unsafe { (*(base as *const Segment)).resident });
@@ -278,6 +359,7 @@ impl Global {
                 (base, zero, zero)
             }
         };
+
         // SAFETY: header pages of a segment are always committed on use.
         if !unsafe { self.commit(base, HEADER_SLICES * SLICE_SIZE) } {
             // SAFETY: the segment is ours and unused.
@@ -286,6 +368,8 @@ impl Global {
         }
         // SAFETY: the range is ours, aligned and unused.
         let seg = unsafe { Segment::init(base, base, SEGMENT_SIZE, key, fresh) };
+        // SAFETY: the header is ours; see `prepare_header`.
+        unsafe { self.prepare_header(seg, fresh, recycled) };
         // SAFETY: `seg` was just initialised and is exclusively ours.
         unsafe {
             let n = SLICES_PER_SEGMENT - HEADER_SLICES;
@@ -475,10 +559,21 @@ impl Global {
     pub fn alloc_huge(&self, size: usize, align: usize) -> Option<(*mut u8, bool)> {
         let header = HEADER_SLICES * SLICE_SIZE;
         let caps = self.caps();
+        let harden = self.mitigations();
+        let guard = if harden.contains(Mitigations::LARGE_GUARDS) {
+            PAGE_SIZE
+        } else {
+            0
+        };
         let mut reused = false;
         let (base, len, p, seg_base, zero) = if align < SEGMENT_SIZE {
             let off = align_up(header, align.max(PAGE_SIZE));
-            let want = align_up(off.checked_add(size)?, PAGE_SIZE);
+            // One spare page: a reused range places its block one page
+            // away from where the range's last block started, so a stale
+            // pointer to that block never names the new one (a huge block
+            // freed twice across a reuse is reported, not obeyed).
+            let step = align.max(PAGE_SIZE);
+            let want = align_up(off.checked_add(size)?.checked_add(step + guard)?, PAGE_SIZE);
             let (base, len, zero) = match self.cache_take(want) {
                 Some((base, len, committed)) => {
                     reused = true;
@@ -494,14 +589,21 @@ impl Global {
                     caps.contains(Capabilities::ZERO_ON_RESERVE),
                 ),
             };
-            (base, len, base + off, base, zero)
+            let mut p = base + off;
+            // SAFETY: a cached range's header is intact (headers are never
+            // decommitted); its first descriptor's start is where its last
+            // block (or first span) began.
+            if reused && unsafe { (*(base as *const Segment)).slices[HEADER_SLICES].start } == p {
+                p += step;
+            }
+            (base, len, p, base, zero)
         } else {
             // The block sits on an `align` boundary; its header sits one
             // segment earlier, where `segment_base_of` looks for it. A
             // segment-aligned reservation of `align + size` bytes always
             // holds such a boundary at least a segment past its start; an
             // `align`-aligned one would cost the provider twice that.
-            let len = align_up(align.checked_add(size)?, PAGE_SIZE);
+            let len = align_up(align.checked_add(size)?.checked_add(guard)?, PAGE_SIZE);
             let base = self.reserve(len, SEGMENT_SIZE)?;
             let p = align_up(base + SEGMENT_SIZE, align);
             (
@@ -522,7 +624,9 @@ impl Global {
         let fresh = zero && !reused;
         // SAFETY: `seg_base` is segment-aligned, inside the reservation and
         // unused.
-        let seg = unsafe { Segment::init(seg_base, base, len, self.key(), fresh) };
+        let seg = unsafe { Segment::init(seg_base, base, len, self.cookie_key(), fresh) };
+        // SAFETY: the header is ours; see `prepare_header`.
+        unsafe { self.prepare_header(seg, fresh, reused) };
         // SAFETY: freshly initialised and exclusively ours.
         unsafe {
             (*seg).is_huge = true;
@@ -531,7 +635,10 @@ impl Global {
             d.slice_count = 1;
             d.slice_offset = 0;
             d.start = p;
-            d.block_size = base + len - p;
+            d.block_size = base + len - p - guard;
+            if guard != 0 {
+                self.protect(base + len - guard, guard, false);
+            }
         }
         segment_map::insert(seg_base);
         self.stats.huge_live.fetch_add(1, Ordering::Relaxed);
@@ -549,10 +656,20 @@ impl Global {
         // SAFETY: the caller hands over the live huge segment.
         let (seg_base, base, len) =
             unsafe { ((*seg).base(), (*seg).reservation, (*seg).reservation_len) };
-        segment_map::remove(seg_base);
+        // The map remembers that a huge block was here, so a second free of
+        // it is told from a foreign pointer.
+        segment_map::remove_huge(seg_base);
         self.stats.huge_live.fetch_sub(1, Ordering::Relaxed);
         self.stats.sub_active(len);
-        if seg_base == base {
+        let harden = self.mitigations();
+        if harden.contains(Mitigations::LARGE_GUARDS) {
+            // SAFETY: the guard page ends the reservation.
+            unsafe { self.protect(base + len - PAGE_SIZE, PAGE_SIZE, true) };
+        }
+        // Quarantined huge blocks go back to the provider at once: the
+        // range becomes inaccessible instead of waiting, reusable, in the
+        // cache.
+        if seg_base == base && !harden.contains(Mitigations::QUARANTINE) {
             if !keep_resident {
                 // SAFETY: nothing in the block is live any more.
                 unsafe { self.decommit_body(base, len) };
@@ -641,7 +758,7 @@ impl Global {
     #[cfg(debug_assertions)]
     pub fn verify(&self) -> Result<(), crate::span::Broken> {
         use crate::span::check;
-        let key = self.key();
+        let key = self.cookie_key();
         self.abandoned.lock().for_each(|s| {
             check(s.owner() == 0, "abandoned segment with an owner", s.base())?;
             s.verify(key, |_| Ok(()))

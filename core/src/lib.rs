@@ -39,9 +39,11 @@ pub mod cache;
 pub mod fatal;
 pub mod fork;
 pub mod global;
+pub mod harden;
 pub mod heap;
 pub mod layout;
 pub mod list;
+pub mod live;
 pub mod options;
 pub mod pool;
 pub mod provider;
@@ -68,8 +70,10 @@ mod layering {
         "size_class",
         "fatal",
         "options",
+        "harden",
         "stats",
         "list",
+        "live",
         "block",
         "remote",
         "span",

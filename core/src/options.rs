@@ -1,7 +1,7 @@
 //! Run-time options, set by the frontend before the first allocation (the
 //! hosted library reads them from `APEX_*` environment variables).
 
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// A segment's pending decommit is deferred by at most this many purge
 /// delays while it keeps gaining free spans (see `Heap::schedule_purge`);
@@ -24,8 +24,6 @@ pub struct Options {
     /// (`APEX_HUGE_CACHE_MB`, default 256 MiB). Entries older than the purge
     /// delay are decommitted at the next slow path; `malloc_trim` drops all.
     pub huge_cache_bytes: AtomicUsize,
-    /// Check suspected double frees (`APEX_CHECK_DOUBLE_FREE`, default on).
-    pub check_double_free: AtomicBool,
 }
 
 impl Options {
@@ -34,7 +32,6 @@ impl Options {
             purge_delay: AtomicU64::new(100),
             segment_cache: AtomicUsize::new(8),
             huge_cache_bytes: AtomicUsize::new(256 << 20),
-            check_double_free: AtomicBool::new(true),
         }
     }
 

@@ -97,6 +97,18 @@ pub unsafe trait PageProvider: Sync {
     /// The range must lie inside a live reservation.
     unsafe fn hint_huge_pages(&self, _ptr: NonNull<u8>, _len: usize) {}
 
+    /// Makes `[ptr, ptr+len)` inaccessible (`accessible == false`: any
+    /// access faults) or accessible again. Returns false when the provider
+    /// cannot; the core then goes without guard pages and relies on
+    /// nothing else from this call.
+    ///
+    /// # Safety
+    /// The range must lie inside a live reservation and be page-aligned;
+    /// an inaccessible range must hold nothing anyone will touch.
+    unsafe fn protect(&self, _ptr: NonNull<u8>, _len: usize, _accessible: bool) -> bool {
+        false
+    }
+
     /// Fills `buf` with random bytes; returns false if no entropy source.
     fn entropy(&self, _buf: &mut [u8]) -> bool {
         false

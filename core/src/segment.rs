@@ -7,12 +7,14 @@
 //! records its distance back to the first: boundary tags that let `free`
 //! resolve interior slices and let a freed span find its left neighbour.
 
-use core::mem::size_of;
+use core::mem::{offset_of, size_of};
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::block::next_of;
 use crate::layout::{SEGMENT_MASK, SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE};
+use crate::live::LiveMap;
+use crate::provider::PAGE_SIZE;
 use crate::span::{check, Broken, Span, SpanKind};
 
 /// The header at the start of every segment.
@@ -55,6 +57,9 @@ pub struct Segment {
     pub prev: *mut Segment,
     /// One descriptor per slice.
     pub slices: [Span; SLICES_PER_SEGMENT],
+    /// Which blocks are handed out (see [`crate::live`]); last, so the
+    /// descriptors stay near the start of the header.
+    pub live: LiveMap,
 }
 
 /// Words of [`Segment::resident`].
@@ -90,8 +95,20 @@ impl Iterator for Spans {
     }
 }
 
-/// Slices taken by the header at the start of each segment.
-pub const HEADER_SLICES: usize = size_of::<Segment>().div_ceil(SLICE_SIZE);
+/// Slices taken by the header at the start of each segment: the header
+/// itself and, after it, at least one spare page for the guard page (see
+/// [`GUARD_OFFSET`]).
+pub const HEADER_SLICES: usize = (size_of::<Segment>() + PAGE_SIZE).div_ceil(SLICE_SIZE);
+
+/// Offset of the guard page that separates a segment's header from its
+/// first block: the last page of the header slices, which the header never
+/// reaches.
+pub const GUARD_OFFSET: usize = HEADER_SLICES * SLICE_SIZE - PAGE_SIZE;
+
+/// Bytes of the header that must be cleared when recycled memory becomes a
+/// segment: everything before the bitmap (the bitmap of a segment with no
+/// used span is clear already, see [`crate::live`]).
+pub const HEADER_CLEAR_BYTES: usize = offset_of!(Segment, live);
 
 impl crate::list::Linked for Segment {
     unsafe fn next_link(item: *mut Self) -> *mut *mut Self {
@@ -128,7 +145,7 @@ impl Segment {
         // SAFETY: the caller hands over the header memory exclusively.
         unsafe {
             if !memory_is_zero {
-                ptr::write_bytes(seg as *mut u8, 0, size_of::<Segment>());
+                ptr::write_bytes(seg as *mut u8, 0, HEADER_CLEAR_BYTES);
             }
             (*seg).owner = AtomicUsize::new(0);
             (*seg).cookie = base ^ key;
@@ -352,41 +369,56 @@ impl Segment {
 
     /// Takes the remote frees of every used span into its local lists and
     /// turns the spans that became empty into dirty free spans, neither
-    /// binned nor coalesced (the holder does that). Returns how many slices
-    /// were freed.
+    /// binned nor coalesced (the holder does that). With `check_live`,
+    /// each remotely freed block must be a carved block whose live bit is
+    /// set (the bit is cleared). Returns how many slices were freed, or
+    /// the first block that failed the check.
     ///
     /// # Safety
     /// The caller holds the segment (owns it or is adopting or abandoning
-    /// it), `key` is its heaps' link key, and no used span is queued.
-    pub unsafe fn sweep(&mut self, key: usize) -> usize {
+    /// it), and no used span is queued.
+    pub unsafe fn sweep(
+        &mut self,
+        check_live: bool,
+        mut large_freed: impl FnMut(&Span),
+    ) -> Result<usize, usize> {
         let mut freed = 0;
         // SAFETY: `self` is valid for the whole loop, which keeps the
         // tiling.
         for (idx, _) in unsafe { Segment::spans(self) } {
             let span: *mut Span = &mut self.slices[idx];
             // SAFETY: the caller's contract; remote lists hold blocks of
-            // their own span, linked with `key`.
+            // their own span, linked with its secret, and are checked
+            // before they are followed.
             unsafe {
                 if matches!((*span).kind, SpanKind::Slab | SpanKind::Large) {
                     (*span).next = ptr::null_mut();
                     (*span).prev = ptr::null_mut();
-                    let (mut b, _) = (*span).thread_free.take();
-                    while !b.is_null() {
-                        let next = next_of(b, key);
+                    let (mut b, n) = (*span).thread_free.take();
+                    for _ in 0..n {
+                        if check_live
+                            && (!(*span).is_carved_block(b as usize) || !self.live.clear(b as usize))
+                        {
+                            return Err(b as usize);
+                        }
+                        let next = next_of(b, (*span).secret);
                         if (*span).kind == SpanKind::Slab {
-                            (*span).push_local(b, key);
+                            (*span).push_local(b);
                         } else {
                             (*span).used = 0;
                         }
                         b = next;
                     }
                     if (*span).used == 0 {
+                        if (*span).kind == SpanKind::Large {
+                            large_freed(&*span);
+                        }
                         freed += self.free_empty_span(idx);
                     }
                 }
             }
         }
-        freed
+        Ok(freed)
     }
 
     /// Turns the empty used span at `idx` into a dirty free span (unbinned,

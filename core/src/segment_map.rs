@@ -37,17 +37,28 @@ mod imp {
         &MAP[unit(base)]
     }
 
+    const LIVE: u8 = 1;
+    const FREED_HUGE: u8 = 2;
+
     pub fn insert(base: usize) {
-        slot(base).store(1, Ordering::Release);
+        slot(base).store(LIVE, Ordering::Release);
     }
 
     pub fn remove(base: usize) {
         slot(base).store(0, Ordering::Release);
     }
 
+    pub fn remove_huge(base: usize) {
+        slot(base).store(FREED_HUGE, Ordering::Release);
+    }
+
     #[inline(always)]
     pub fn contains(base: usize) -> bool {
-        slot(base).load(Ordering::Relaxed) != 0
+        slot(base).load(Ordering::Relaxed) == LIVE
+    }
+
+    pub fn was_huge(base: usize) -> bool {
+        slot(base).load(Ordering::Relaxed) == FREED_HUGE
     }
 }
 
@@ -79,6 +90,16 @@ mod imp {
         let (w, bit) = slot(base);
         w.load(Ordering::Relaxed) & bit != 0
     }
+
+    // One bit per unit has no room for the freed-huge mark: kernels tell a
+    // huge block freed twice from a foreign pointer only by the pointer.
+    pub fn remove_huge(base: usize) {
+        remove(base)
+    }
+
+    pub fn was_huge(_base: usize) -> bool {
+        false
+    }
 }
 
 /// Records that the segment at `base` belongs to the allocator. The topmost
@@ -91,6 +112,17 @@ pub fn insert(base: usize) {
 /// Forgets the segment at `base` (before its memory is released).
 pub fn remove(base: usize) {
     imp::remove(base)
+}
+
+/// Forgets the huge segment at `base`, remembering (where the map has room)
+/// that a huge block was freed there until the unit is used again.
+pub fn remove_huge(base: usize) {
+    imp::remove_huge(base)
+}
+
+/// Whether the unit at `base` last held a huge block that was freed.
+pub fn was_huge(base: usize) -> bool {
+    imp::was_huge(base)
 }
 
 /// Whether `base` is the start of a segment the allocator owns.

@@ -43,10 +43,6 @@ pub struct Span {
     pub local_free: *mut Block,
     /// Blocks handed out and not yet returned to `free`/`local_free`.
     pub used: u32,
-    /// Blocks carved out of the span so far (the rest is untouched).
-    pub capacity: u32,
-    /// Blocks that fit in the span.
-    pub reserved: u32,
     // The next three fields form the span tag, read as one `u32` by the
     // free fast path (see [`Span::tag`]); keep them together, in this order.
     /// Distance to the span's first slice (0 for the first slice).
@@ -62,8 +58,19 @@ pub struct Span {
     /// size are exactly those whose product with it wraps below it
     /// (see [`Span::is_block_offset`]).
     div_magic: u64,
+    /// The slab's link secret (see [`crate::block`]), drawn per slab.
+    pub secret: usize,
+    /// End of the blocks carved so far: `start + capacity * block_size`.
+    pub carved_end: usize,
+    // Cold fields.
+    /// Blocks carved out of the span so far (the rest is untouched).
+    pub capacity: u32,
+    /// Blocks that fit in the span.
+    pub reserved: u32,
     /// Size class of a slab.
     pub class: u8,
+    /// Bytes at the end of each block that are not usable (the canary's).
+    pub tail: u8,
     /// The blocks in `free` are known to hold zeros (except their link).
     pub free_is_zero: bool,
     /// The whole span reads as zero (fresh from the provider).
@@ -80,6 +87,21 @@ pub struct Span {
     pub prev: *mut Span,
 }
 
+/// Most blocks carved in one go (a page of the smallest class).
+pub const MAX_CARVE: u32 = 256;
+
+/// The next word of a xorshift64* generator (period 2^64 - 1; `state` must
+/// not be zero). Cheap randomness for layout, never for secrets.
+#[inline]
+pub fn next_random(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
 /// The span tag of the first slice of a slab that is in its queue (not
 /// full): the only descriptor state the free fast path accepts.
 pub const TAG_QUEUED_SLAB: u32 = u32::from_ne_bytes([0, 0, SpanKind::Slab as u8, 0]);
@@ -89,6 +111,8 @@ const _: () = {
     assert!(offset_of!(Span, slice_offset) % 4 == 0);
     assert!(offset_of!(Span, kind) == offset_of!(Span, slice_offset) + 2);
     assert!(offset_of!(Span, in_full) == offset_of!(Span, slice_offset) + 3);
+    // The fields of the fast paths share the first cache line.
+    assert!(offset_of!(Span, carved_end) + 8 <= 64);
 };
 
 impl Span {
@@ -99,15 +123,18 @@ impl Span {
         free: ptr::null_mut(),
         local_free: ptr::null_mut(),
         used: 0,
-        capacity: 0,
-        reserved: 0,
         slice_offset: 0,
         kind: SpanKind::Free,
         in_full: false,
         start: 0,
         block_size: 0,
         div_magic: 0,
+        secret: 0,
+        carved_end: 0,
+        capacity: 0,
+        reserved: 0,
         class: 0,
+        tail: 0,
         free_is_zero: false,
         span_is_zero: false,
         dirty: false,
@@ -116,6 +143,12 @@ impl Span {
         next: ptr::null_mut(),
         prev: ptr::null_mut(),
     };
+
+    /// Usable bytes of each block (the block size less the canary's).
+    #[inline(always)]
+    pub fn usable(&self) -> usize {
+        self.block_size - self.tail as usize
+    }
 
     /// Prepares the block-offset check for `block_size`.
     pub fn set_block_size(&mut self, block_size: usize) {
@@ -131,6 +164,15 @@ impl Span {
     #[inline(always)]
     pub fn is_block_offset(&self, offset: usize) -> bool {
         (offset as u64).wrapping_mul(self.div_magic) < self.div_magic
+    }
+
+    /// Whether `addr` is the start of a block carved so far: the check every
+    /// link popped from a free list must pass (a forged link to anything
+    /// else, in this slab or not, fails it).
+    #[inline(always)]
+    pub fn is_carved_block(&self, addr: usize) -> bool {
+        let off = addr.wrapping_sub(self.start);
+        addr < self.carved_end && addr >= self.start && self.is_block_offset(off)
     }
 
     /// `slice_offset`, `kind` and `in_full` as one word, so the free fast
@@ -154,13 +196,13 @@ impl Span {
     /// # Safety
     /// Only the owning heap may call this.
     #[inline(always)]
-    pub unsafe fn pop_free(&mut self, key: usize) -> *mut Block {
+    pub unsafe fn pop_free(&mut self) -> *mut Block {
         let b = self.free;
         if b.is_null() {
             return b;
         }
         // SAFETY: `b` is a free block of this page, owned by the caller.
-        let next = unsafe { next_of(b, key) };
+        let next = unsafe { next_of(b, self.secret) };
         self.free = next;
         self.used += 1;
         b
@@ -171,62 +213,66 @@ impl Span {
     /// # Safety
     /// Only the owning heap may call this, with a live block of this page.
     #[inline(always)]
-    pub unsafe fn push_local(&mut self, b: *mut Block, key: usize) {
+    pub unsafe fn push_local(&mut self, b: *mut Block) {
         // SAFETY: the caller hands over a live block of this page.
-        unsafe { set_next(b, self.local_free, key) };
+        unsafe { set_next(b, self.local_free, self.secret) };
         self.local_free = b;
         self.used -= 1;
     }
 
-    /// Refills an empty `free` list: with the remotely freed blocks if there
-    /// are any (taken whole, counted by the word itself), else with
-    /// `local_free`. A remote list leaves `local_free` for the next refill.
+    /// Refills an empty `free` list from `local_free`. (The remote list is
+    /// taken by the heap, which checks it first: see `Heap::collect`.)
     ///
     /// # Safety
     /// Only the owning heap may call this.
-    pub unsafe fn collect(&mut self) {
-        if !self.free.is_null() {
+    pub unsafe fn collect_local(&mut self) {
+        if !self.free.is_null() || self.local_free.is_null() {
             return;
         }
-        let (tf, n) = self.thread_free.take();
-        if !tf.is_null() {
-            self.used -= n;
-            self.free = tf;
-        } else if !self.local_free.is_null() {
-            self.free = self.local_free;
-            self.local_free = ptr::null_mut();
-        } else {
-            return;
-        }
+        self.free = self.local_free;
+        self.local_free = ptr::null_mut();
         self.free_is_zero = false;
     }
 
     /// Carves up to `max_bytes` worth of fresh blocks into `free` (which must
-    /// be empty). Returns how many were added.
+    /// be empty), linked in address order, or in a random order drawn from
+    /// `rng` when it is given. Returns how many were added.
     ///
     /// # Safety
     /// Only the owning heap may call this, on a slab whose span is usable.
-    pub unsafe fn extend(&mut self, key: usize, max_bytes: usize) -> u32 {
+    pub unsafe fn extend(&mut self, max_bytes: usize, rng: Option<&mut u64>) -> u32 {
         debug_assert!(self.free.is_null());
         let left = self.reserved - self.capacity;
         if left == 0 {
             return 0;
         }
-        let n = ((max_bytes / self.block_size).max(1) as u32).min(left);
+        let n = ((max_bytes / self.block_size).max(1) as u32)
+            .min(left)
+            .min(MAX_CARVE);
         let bs = self.block_size;
         let first = self.start + self.capacity as usize * bs;
-        for i in 0..n as usize {
-            let b = (first + i * bs) as *mut Block;
-            let next = if i + 1 < n as usize {
-                (first + (i + 1) * bs) as *mut Block
-            } else {
-                ptr::null_mut()
-            };
-            // SAFETY: the block lies inside this page's span, untouched so far.
-            unsafe { set_next(b, next, key) };
+        // The order in which the new blocks will be handed out.
+        let mut order = [0u16; MAX_CARVE as usize];
+        for (i, o) in order.iter_mut().enumerate().take(n as usize) {
+            *o = i as u16;
         }
-        self.free = first as *mut Block;
+        if let Some(state) = rng {
+            // Fisher-Yates with a fresh random word per step.
+            for i in (1..n as usize).rev() {
+                let j = (next_random(state) % (i as u64 + 1)) as usize;
+                order.swap(i, j);
+            }
+        }
+        let mut next: *mut Block = ptr::null_mut();
+        for &i in order[..n as usize].iter().rev() {
+            let b = (first + i as usize * bs) as *mut Block;
+            // SAFETY: the block lies inside this page's span, untouched so far.
+            unsafe { set_next(b, next, self.secret) };
+            next = b;
+        }
+        self.free = next;
         self.capacity += n;
+        self.carved_end = self.start + self.capacity as usize * bs;
         self.free_is_zero = self.span_is_zero;
         n
     }
@@ -236,7 +282,8 @@ impl Span {
     ///
     /// # Safety
     /// Only the owning heap may call this.
-    pub unsafe fn list_contains(&self, b: *mut Block, key: usize) -> bool {
+    pub unsafe fn list_contains(&self, b: *mut Block) -> bool {
+        let key = self.secret;
         for head in [self.free, self.local_free, self.thread_free.peek()] {
             let mut cur = head;
             let mut steps = 0u32;
@@ -291,7 +338,8 @@ impl Span {
     ///
     /// # Safety
     /// The span must be a slab of the caller's heap.
-    pub unsafe fn verify_slab(&self, key: usize) -> Result<(), Broken> {
+    pub unsafe fn verify_slab(&self) -> Result<(), Broken> {
+        let key = self.secret;
         let at = self as *const Span as usize;
         check(self.kind == SpanKind::Slab, "not a slab", at)?;
         check(
@@ -300,6 +348,7 @@ impl Span {
             at,
         )?;
         let end = self.start + self.capacity as usize * self.block_size;
+        check(self.carved_end == end, "carved end disagrees with capacity", at)?;
         let mut listed = 0u32;
         for head in [self.free, self.local_free] {
             let mut cur = head;

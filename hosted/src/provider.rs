@@ -8,7 +8,7 @@
 //! from mapping `len + align` and unmapping the excess on both sides.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use apex_core::provider::{Capabilities, PageProvider, PAGE_SIZE};
 
@@ -16,6 +16,65 @@ use apex_core::provider::{Capabilities, PageProvider, PAGE_SIZE};
 pub static DECOMMIT_WITH_FREE: AtomicBool = AtomicBool::new(false);
 /// Whether segments get `MADV_HUGEPAGE`.
 pub static HUGE_PAGES: AtomicBool = AtomicBool::new(false);
+/// Place aligned reservations (segments) at random addresses
+/// ([`apex_core::harden::Mitigations::SHUFFLE`]), so the heap's layout
+/// differs from run to run beyond what ASLR gives the first mapping.
+pub static RANDOM_PLACEMENT: AtomicBool = AtomicBool::new(true);
+/// The state of the placement generator (seeded from `getrandom` on
+/// first use).
+static PLACEMENT_STATE: AtomicUsize = AtomicUsize::new(0);
+
+/// Tries to map `len` bytes at a random `align`-aligned address between
+/// 1 TiB and 64 TiB (the kernel takes the address as a hint: if that range
+/// is not free it picks another, which is given back, and the caller
+/// falls back to an ordinary mapping).
+fn map_at_random(len: usize, align: usize) -> Option<usize> {
+    let mut state = PLACEMENT_STATE.load(Ordering::Relaxed);
+    if state == 0 {
+        let mut seed = [0u8; 8];
+        // SAFETY: `seed` is writable for its length.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getrandom,
+                seed.as_mut_ptr(),
+                8usize,
+                libc::GRND_NONBLOCK,
+            )
+        };
+        if n != 8 {
+            return None;
+        }
+        state = usize::from_ne_bytes(seed) | 1;
+    }
+    // A Weyl step, mixed: concurrent callers may share a step, which only
+    // makes two hints equal.
+    state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    PLACEMENT_STATE.store(state, Ordering::Relaxed);
+    let r = apex_core::global::mix64(state);
+    // Clear of the program, its libraries and the stack, which Linux
+    // places near the top of the 128 TiB space.
+    let hint = ((1usize << 40) + r % (63usize << 40)) & !(align - 1);
+    // SAFETY: a private anonymous mapping with a hint (no MAP_FIXED): it
+    // never replaces an existing mapping.
+    let p = unsafe {
+        libc::mmap(
+            hint as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    if p as usize != hint {
+        unmap(p as usize, len);
+        return None;
+    }
+    Some(hint)
+}
 
 /// Anonymous memory from the kernel.
 pub struct MmapProvider;
@@ -88,6 +147,11 @@ unsafe impl PageProvider for MmapProvider {
         if align <= PAGE_SIZE {
             return NonNull::new(map(len)? as *mut u8);
         }
+        if RANDOM_PLACEMENT.load(Ordering::Relaxed) {
+            if let Some(p) = map_at_random(len, align) {
+                return NonNull::new(p as *mut u8);
+            }
+        }
         // Often the kernel hands out an aligned address by itself.
         let p = map(len)?;
         if p % align == 0 {
@@ -124,6 +188,18 @@ unsafe impl PageProvider for MmapProvider {
     unsafe fn hint_huge_pages(&self, ptr: NonNull<u8>, len: usize) {
         // SAFETY: the range is a live mapping of ours.
         unsafe { libc::madvise(ptr.as_ptr() as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    }
+
+    unsafe fn protect(&self, ptr: NonNull<u8>, len: usize, accessible: bool) -> bool {
+        let prot = if accessible {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_NONE
+        };
+        let _errno = SavedErrno::new();
+        // SAFETY: the core passes a page-aligned range of its own
+        // reservation, which nothing touches while it is inaccessible.
+        unsafe { libc::mprotect(ptr.as_ptr() as *mut libc::c_void, len, prot) == 0 }
     }
 
     fn entropy(&self, buf: &mut [u8]) -> bool {

@@ -18,7 +18,20 @@ impl Heap {
     pub(super) unsafe fn sweep_segment(&mut self, seg: *mut Segment) {
         // SAFETY: `seg` is owned by this heap (or being adopted by it).
         unsafe {
-            let freed = (*seg).sweep(self.key);
+            let check = self.harden.contains(crate::harden::Mitigations::BITMAP);
+            let global = self.global;
+            let guarded = self.harden.contains(crate::harden::Mitigations::LARGE_GUARDS);
+            let unguard = |d: &Span| {
+                let span_end = d.start + d.slice_count as usize * SLICE_SIZE;
+                let block_end = d.start + d.block_size;
+                if guarded && span_end > block_end {
+                    global.protect(block_end, span_end - block_end, true);
+                }
+            };
+            let freed = match (*seg).sweep(check, unguard) {
+                Ok(n) => n,
+                Err(b) => self.global.misuse(Misuse::DoubleFree, b, None),
+            };
             if freed > 0 {
                 self.global.stats.sub_active(freed * SLICE_SIZE);
                 self.schedule_purge(seg);
@@ -97,8 +110,9 @@ impl Heap {
         // SAFETY: the segment was popped from the abandoned list, so only we
         // touch its metadata (remote freers touch only `thread_free`).
         unsafe {
-            if !(*seg).cookie_ok(self.key) {
-                self.global.misuse(Misuse::HeaderCorruption, seg as usize);
+            if !(*seg).cookie_ok(self.global.cookie_key()) {
+                self.global
+                    .misuse(Misuse::HeaderCorruption, seg as usize, None);
             }
             // Owner first: a page set to `Notify` below must lead remote
             // freers to us.

@@ -4,6 +4,7 @@
 use core::ptr::{self};
 
 use crate::fatal::Misuse;
+use crate::harden::Mitigations;
 use crate::layout::{
     align_up, segment_base_of, LARGE_MAX, MAX_CLASS_SIZE, SEGMENT_SIZE, SLICES_PER_SEGMENT,
     SLICE_SIZE,
@@ -46,7 +47,13 @@ impl Heap {
                 None => ptr::null_mut(),
             };
         }
-        let n = size.max(1).div_ceil(SLICE_SIZE);
+        // With guard pages the span's last page is the guard.
+        let guard = if self.harden.contains(Mitigations::LARGE_GUARDS) {
+            PAGE_SIZE
+        } else {
+            0
+        };
+        let n = (size.max(1) + guard).div_ceil(SLICE_SIZE);
         let Some((seg, idx)) = self.alloc_span(n, align.max(SLICE_SIZE), SpanKind::Large) else {
             return ptr::null_mut();
         };
@@ -54,7 +61,14 @@ impl Heap {
         unsafe {
             let p = &mut (*seg).slices[idx];
             p.start = (*seg).slice_addr(idx);
-            p.set_block_size(n * SLICE_SIZE);
+            p.set_block_size(n * SLICE_SIZE - guard);
+            p.tail = 0;
+            if guard != 0 {
+                self.global.protect(p.start + p.block_size, guard, false);
+            }
+            if self.harden.contains(Mitigations::BITMAP) {
+                (*seg).live.set(p.start);
+            }
             p.used = 1;
             p.reserved = 1;
             p.capacity = 1;
@@ -63,7 +77,7 @@ impl Heap {
             // A large block is always "full": remote frees notify us.
             p.in_full = true;
             p.thread_free.arm();
-            if zero && !p.span_is_zero {
+            if (zero || self.harden.contains(Mitigations::ZERO)) && !p.span_is_zero {
                 ptr::write_bytes(p.start as *mut u8, 0, size);
             }
             bump(&self.stats.mallocs, 1);
@@ -83,15 +97,19 @@ impl Heap {
         let addr = p as usize;
         let seg = segment_base_of(addr) as *mut Segment;
         if !segment_map::contains(seg as usize) {
+            self.free_foreign(addr, true);
             return ptr::null_mut();
         }
         // SAFETY: the segment is live; `find_block` validates the pointer.
         unsafe {
             let (page, usable) = match find_block(seg, addr) {
                 Found::Block(page, usable) => (page, usable),
-                Found::Invalid(_) => self.global.misuse(Misuse::InvalidRealloc, addr),
+                Found::Invalid(_) => self.global.misuse(Misuse::InvalidRealloc, addr, None),
             };
-            if !(*seg).is_huge
+            // Guard pages sit right after the block: such blocks move.
+            let guarded = self.harden.contains(Mitigations::LARGE_GUARDS);
+            if !guarded
+                && !(*seg).is_huge
                 && (*page).kind == SpanKind::Large
                 && (*seg).owner() == self.id()
                 && new_size > MAX_CLASS_SIZE
@@ -99,7 +117,11 @@ impl Heap {
             {
                 return p;
             }
-            if (*seg).is_huge && new_size > LARGE_MAX && self.resize_huge(seg, page, new_size) {
+            if !guarded
+                && (*seg).is_huge
+                && new_size > LARGE_MAX
+                && self.resize_huge(seg, page, new_size)
+            {
                 return p;
             }
             // Keep the block unless shrinking would free real memory.

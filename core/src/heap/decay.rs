@@ -72,6 +72,7 @@ impl Heap {
     /// every empty segment and every cached range released. For
     /// `malloc_trim` and `arena.purge`.
     pub fn release_now(&mut self) {
+        self.flush_quarantine();
         self.release_empty_slabs();
         self.now = self.global.now().unwrap_or(self.now);
         self.purge(true);
@@ -89,7 +90,7 @@ impl Heap {
                 // SAFETY: queued pages are our own slabs.
                 unsafe {
                     let next = (*page).next;
-                    (*page).collect();
+                    self.collect(page);
                     if (*page).used == 0 {
                         self.queues.remove(c, page);
                         self.retire_span(page);

@@ -6,7 +6,8 @@ use core::sync::atomic::Ordering;
 
 use crate::block::{next_of, Block};
 use crate::fatal::Misuse;
-use crate::layout::{segment_base_of, SEGMENT_MASK, SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE};
+use crate::layout::{segment_base_of, SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE};
+use crate::harden::Mitigations;
 use crate::remote::{Notify, RemotePush};
 use crate::segment::{segment_of, Segment, HEADER_SLICES};
 use crate::segment_map;
@@ -42,13 +43,13 @@ impl Heap {
     pub unsafe fn try_free_fast(&mut self, p: *mut u8) -> bool {
         let addr = p as usize;
         let seg_base = segment_base_of(addr);
-        if !segment_map::contains(seg_base) {
+        if self.slow_paths || !segment_map::contains(seg_base) {
             return false;
         }
         // SAFETY: the segment map says a live segment header is there.
         unsafe {
             let seg = seg_base as *mut Segment;
-            // The common case, checked cheaply: a block boundary in the
+            // The common case, checked cheaply: a carved block in the
             // first slice of a queued slab of our own segment (one tag
             // compare). Everything else takes the fully validating slow path.
             if (*seg).owner() != self.id() {
@@ -59,24 +60,48 @@ impl Heap {
             // end) lands on the header's descriptor, which is never a slab.
             let idx = (addr >> SLICE_SHIFT) & (SLICES_PER_SEGMENT - 1);
             let d: *mut Span = (*seg).slices.as_mut_ptr().add(idx);
-            if (*d).tag() != TAG_QUEUED_SLAB || !(*d).is_block_offset(addr - (*d).start) {
+            if (*d).tag() != TAG_QUEUED_SLAB || !(*d).is_carved_block(addr) {
                 return false;
             }
             let b = p as *mut Block;
-            let link = next_of(b, self.key) as usize;
-            // A free block's link is null or points into its segment; live
-            // blocks have their link cleared at allocation, so seeing one is
-            // rare enough to confirm out of line, by scanning the page.
-            if link == 0 || (link ^ addr) <= SEGMENT_MASK {
-                self.free_suspected_double(d, b);
+            if !self.check_own_free(seg, d, b) {
                 return true;
             }
             // Counting first lets the `used` decrement feed the emptiness
             // test directly.
             self.stats.count_class_free((*d).class as usize);
-            (*d).push_local(b, self.key);
+            (*d).push_local(b);
             if (*d).used == 0 {
                 self.after_local_free(d);
+            }
+            true
+        }
+    }
+
+    /// The double-free check of an own slab block: with the bitmap, its
+    /// live bit must be set (and is cleared); without it, a first word that
+    /// decodes to a free-list link is confirmed out of line. Returns false
+    /// when the out-of-line check freed the block itself.
+    ///
+    /// # Safety
+    /// `b` is a carved block start of the own slab `page` in `seg`.
+    #[inline(always)]
+    unsafe fn check_own_free(&mut self, seg: *mut Segment, page: *mut Span, b: *mut Block) -> bool {
+        // SAFETY: the caller's contract.
+        unsafe {
+            if self.harden.contains(Mitigations::BITMAP) {
+                if !(*seg).live.clear(b as usize) {
+                    self.free_not_live(page, b);
+                }
+                return true;
+            }
+            let link = next_of(b, (*page).secret) as usize;
+            // A free block's link is null or another carved block; live
+            // blocks have their link cleared at allocation, so seeing one
+            // is rare enough to confirm out of line, by scanning the page.
+            if link == 0 || (*page).is_carved_block(link) {
+                self.free_suspected_double(page, b);
+                return false;
             }
             true
         }
@@ -91,10 +116,7 @@ impl Heap {
         let seg_base = segment_base_of(addr);
         if !segment_map::contains(seg_base) {
             if !p.is_null() {
-                self.global
-                    .stats
-                    .foreign_frees
-                    .fetch_add(1, Ordering::Relaxed);
+                self.free_foreign(addr, false);
             }
             return;
         }
@@ -102,23 +124,23 @@ impl Heap {
         unsafe { self.free_slow(seg_base as *mut Segment, addr) }
     }
 
-    /// Frees a block of one of this heap's slabs, after a cheap check for a
-    /// double free.
+    /// Frees a block of one of this heap's slabs, after its double-free
+    /// check.
     ///
     /// # Safety
-    /// `b` must be a block start of the slab `page`, owned by this heap.
+    /// `b` must be a carved block start of the slab `page`, owned by this
+    /// heap.
     #[inline(always)]
     pub(super) unsafe fn free_to_own_slab(&mut self, page: *mut Span, b: *mut Block) {
         // SAFETY: the caller guarantees `page` is our slab holding `b`.
         unsafe {
-            let link = next_of(b, self.key) as usize;
-            // A free block's link is null or points into its segment; live
-            // blocks have their link cleared at allocation, so seeing one is
-            // rare enough to confirm out of line, by scanning the page.
-            if link == 0 || (link ^ b as usize) <= SEGMENT_MASK {
-                return self.free_suspected_double(page, b);
+            if !self.check_own_free(segment_of(page), page, b) {
+                return;
             }
             self.stats.count_class_free((*page).class as usize);
+            if self.slow_paths {
+                return self.free_small_hardened(page, b, true);
+            }
             self.push_local(page, b);
         }
     }
@@ -132,7 +154,7 @@ impl Heap {
     pub(super) unsafe fn push_local(&mut self, page: *mut Span, b: *mut Block) {
         // SAFETY: the caller's contract.
         unsafe {
-            (*page).push_local(b, self.key);
+            (*page).push_local(b);
             if (*page).used == 0 || (*page).in_full {
                 self.after_local_free(page);
             }
@@ -147,8 +169,9 @@ impl Heap {
     pub(super) unsafe fn free_suspected_double(&mut self, page: *mut Span, b: *mut Block) {
         // SAFETY: the caller passes our slab and a block start in it.
         unsafe {
-            if (*page).list_contains(b, self.key) {
-                self.global.misuse(Misuse::DoubleFree, b as usize);
+            if (*page).list_contains(b) {
+                self.global
+                    .misuse(Misuse::DoubleFree, b as usize, Some((*page).usable()));
             }
             self.stats.count_class_free((*page).class as usize);
             self.push_local(page, b);
@@ -170,18 +193,22 @@ impl Heap {
                     } else {
                         m
                     };
-                    self.global.misuse(m, addr)
+                    self.global.misuse(m, addr, None)
                 }
             };
             let b = addr as *mut Block;
-            if !(*seg).is_huge && (*seg).owner() == self.id() && (*page).kind == SpanKind::Slab {
+            let own = !(*seg).is_huge && (*seg).owner() == self.id();
+            if own && (*page).kind == SpanKind::Slab {
                 // Own slab block the fast path did not take (multi-slice
-                // slab): the same checks and bookkeeping.
+                // slab, parked full, or a preset with slow paths).
                 self.free_to_own_slab(page, b);
                 return;
             }
             if !(*seg).is_huge && (*page).kind == SpanKind::Slab {
                 self.stats.count_class_free((*page).class as usize);
+                if self.slow_paths {
+                    return self.free_small_hardened(page, b, false);
+                }
             } else {
                 bump(&self.stats.frees, 1);
                 bump(&self.stats.free_bytes, usable as u64);
@@ -190,15 +217,15 @@ impl Heap {
                 self.global.free_huge(seg, true);
                 return;
             }
-            if (*seg).owner() == self.id() {
+            if own {
                 // Own large block.
+                if self.harden.contains(Mitigations::BITMAP) && !(*seg).live.clear(addr) {
+                    self.free_not_live(page, b);
+                }
                 self.free_own_block(page, b);
                 return;
             }
-            bump(&self.stats.remote_frees, 1);
-            if (*page).thread_free.push(b, self.key, false) == RemotePush::MustNotify {
-                self.hand_over(page, seg, b);
-            }
+            self.free_remote(seg, page, b);
         }
     }
 
@@ -213,11 +240,15 @@ impl Heap {
         // SAFETY: `b` is a live block of `page` given up by the caller;
         // while we hold `Notifying` the owner cannot go away.
         unsafe {
-            if (*page).thread_free.push(b, self.key, true) == RemotePush::Notifying {
+            if (*page).thread_free.push(b, (*page).secret, true) == RemotePush::Notifying {
                 self.global.fork_gate().run_handoff_hook();
                 let owner = (*seg).owner.load(Ordering::Acquire) as *const Heap;
                 (*owner).delayed.push(b, (*owner).key);
                 (*page).thread_free.end_notifying();
+            } else if (*page).kind == SpanKind::Large {
+                // Someone else handed this large block over meanwhile.
+                self.global
+                    .misuse(Misuse::DoubleFree, b as usize, Some((*page).usable()));
             }
         }
     }
@@ -227,6 +258,10 @@ impl Heap {
         // SAFETY: the caller guarantees `page` is ours and `b` live in it.
         unsafe {
             if (*page).kind == SpanKind::Large {
+                if self.harden.contains(Mitigations::QUARANTINE) {
+                    return self.quarantine_large(page);
+                }
+                self.unguard_large(page);
                 (*page).used = 0;
                 self.retire_span(page);
             } else {
@@ -247,6 +282,11 @@ impl Heap {
                 self.queues.push_back(c, page);
             }
             if (*page).used == 0 {
+                if self.harden.contains(Mitigations::ISOLATE) {
+                    // The slab keeps its class: its addresses are never
+                    // reused for another size while this heap holds it.
+                    return;
+                }
                 // Keep a lone page to avoid thrashing on alloc/free cycles,
                 // unless it spans several slices (blocks of tens of KiB and
                 // more): re-carving such a slab costs little next to the
@@ -329,7 +369,15 @@ impl Heap {
                 let next = next_of(b, self.key);
                 let seg = segment_base_of(b as usize) as *mut Segment;
                 if let Found::Block(page, _) = find_block(seg, b as usize) {
-                    self.free_own_block(page, b);
+                    if self.harden.contains(Mitigations::BITMAP) && !(*seg).live.clear(b as usize) {
+                        self.free_not_live(page, b);
+                    }
+                    if (*page).kind == SpanKind::Slab && self.slow_paths {
+                        // Checked, zeroed and quarantined by its freer.
+                        self.push_local(page, b);
+                    } else {
+                        self.free_own_block(page, b);
+                    }
                 }
                 b = next;
             }

@@ -19,24 +19,27 @@ use core::sync::atomic::Ordering;
 
 use crate::bins::SpanBins;
 use crate::fatal::Misuse;
+use crate::harden::Mitigations;
 use crate::global::Global;
 use crate::layout::{
-    segment_base_of, MAX_CLASS_SIZE, MIN_ALIGN, SEGMENT_MASK, SLICES_PER_SEGMENT, SLICE_SHIFT,
+    segment_base_of, MAX_CLASS_SIZE, MIN_ALIGN, SLICES_PER_SEGMENT, SLICE_SHIFT,
     SLICE_SIZE,
 };
 use crate::list::List;
 use crate::queues::SlabQueues;
 use crate::remote::{DelayedList, Notify};
-use crate::segment::{Segment, HEADER_SLICES};
+use crate::block::Block;
+use crate::segment::{segment_of, Segment, HEADER_SLICES};
 use crate::segment_map;
 use crate::size_class::{class_for_aligned, class_of, CLASSES, DIRECT_MAX, NUM_CLASSES};
-use crate::span::{Span, SpanKind};
+use crate::span::{next_random, Span, SpanKind};
 use crate::stats::{HeapStats, Snapshot};
 
 mod abandon;
 mod big;
 mod decay;
 mod free;
+mod harden;
 mod segments;
 #[cfg(debug_assertions)]
 mod verify;
@@ -60,7 +63,16 @@ const PURGE_CHECK_INTERVAL: u64 = 64;
 pub struct Heap {
     /// Size-class queues of slabs with room, and the direct table.
     queues: SlabQueues,
+    /// The mitigations in force (a copy of the instance's, beside the hot
+    /// fields).
+    harden: Mitigations,
+    /// Set when a mitigation needs the out-of-line malloc and free paths
+    /// (see [`Mitigations::SLOW_PATHS`]): the fast paths test this alone.
+    slow_paths: bool,
+    /// The delayed list's link key.
     key: usize,
+    /// Layout randomness (slot order, slab secrets); never used for keys.
+    rng: u64,
     global: &'static Global,
     bins: SpanBins,
     /// Owned segments, linked through `Segment::next/prev`.
@@ -73,6 +85,10 @@ pub struct Heap {
     pub stats: HeapStats,
     /// Keeps its last segment for good (see [`Heap::pin_segment`]).
     pinned: bool,
+    /// Freed small blocks waiting before reuse ([`Mitigations::QUARANTINE`]).
+    quarantine: harden::Quarantine<{ harden::QUARANTINE_SLOTS }>,
+    /// Freed large blocks waiting, inaccessible.
+    large_quarantine: harden::Quarantine<{ harden::LARGE_QUARANTINE_SLOTS }>,
 }
 
 /// What a pointer handed to `free`/`realloc` turned out to be.
@@ -94,9 +110,14 @@ impl Heap {
         // enough; it is written under the pool lock, which `snapshot` holds
         // while it reads the counters of every live heap.
         unsafe {
+            let harden = global.mitigations();
             h.write(Heap {
                 queues: SlabQueues::new(),
+                harden,
+                slow_paths: harden.intersects(Mitigations::SLOW_PATHS),
                 key: global.key(),
+                // Distinct per heap record and per instance, never zero.
+                rng: (crate::global::mix64(global.key() ^ h as usize) as u64) | 1,
                 global,
                 bins: SpanBins::new(),
                 segments: List::new(),
@@ -107,6 +128,8 @@ impl Heap {
                 now: global.now().unwrap_or(1),
                 stats: HeapStats::new(),
                 pinned: false,
+                quarantine: harden::Quarantine::new(),
+                large_quarantine: harden::Quarantine::new(),
             });
         }
         drop(pool);
@@ -124,6 +147,7 @@ impl Heap {
         let h = heap.as_ptr();
         // SAFETY: the caller hands over the heap exclusively.
         unsafe {
+            (*h).flush_quarantine();
             (*h).abandon_all();
             let g = (*h).global;
             g.stats.heaps_live.fetch_sub(1, Ordering::Relaxed);
@@ -164,6 +188,9 @@ impl Heap {
     /// one load; larger ones compute their class first.
     #[inline(always)]
     pub fn try_malloc_fast(&mut self, size: usize) -> *mut u8 {
+        if self.slow_paths {
+            return ptr::null_mut();
+        }
         // SAFETY: `direct_index(size) < DIRECT_SLOTS`; direct entries are
         // queued pages of this heap or the empty page; queued pages belong
         // to this heap.
@@ -188,6 +215,8 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub(super) fn malloc_not_fast(&mut self, size: usize) -> *mut u8 {
+        // Room for the canary after the block.
+        let size = size.saturating_add(self.tail_bytes());
         if size <= MAX_CLASS_SIZE {
             self.alloc_class(class_of(size))
         } else {
@@ -198,8 +227,10 @@ impl Heap {
     /// Allocates `size` zeroed bytes aligned to 16.
     #[inline]
     pub fn zalloc(&mut self, size: usize) -> *mut u8 {
-        if size <= MAX_CLASS_SIZE {
-            self.alloc_class_zeroed(class_of(size), size)
+        // The block needs room for the canary; only the request is zeroed.
+        let with_tail = size.saturating_add(self.tail_bytes());
+        if with_tail <= MAX_CLASS_SIZE {
+            self.alloc_class_zeroed(class_of(with_tail), size)
         } else {
             self.alloc_big(size, MIN_ALIGN, true)
         }
@@ -227,7 +258,8 @@ impl Heap {
         }
         // Blocks of a class whose size is a multiple of `align` are all
         // aligned, because slabs start on slice boundaries.
-        if let Some(c) = class_for_aligned(size, align) {
+        let with_tail = size.saturating_add(self.tail_bytes());
+        if let Some(c) = class_for_aligned(with_tail, align) {
             return if zero {
                 self.alloc_class_zeroed(c, size)
             } else {
@@ -238,7 +270,8 @@ impl Heap {
     }
 
     /// Pops a block from `page`'s free list, checking the link it leaves
-    /// behind; null when the list is empty.
+    /// behind and, with the bitmap, that the block is not live; null when
+    /// the list is empty.
     ///
     /// # Safety
     /// `page` must be a queued page of this heap or the empty page.
@@ -247,15 +280,28 @@ impl Heap {
         // SAFETY: the caller's contract; the empty page has no free blocks,
         // so it is never written.
         unsafe {
-            let b = (*page).pop_free(self.key);
+            let b = (*page).pop_free();
             if b.is_null() {
                 return ptr::null_mut();
             }
             let next = (*page).free as usize;
-            // A link leaving the block's segment means the free list was
+            // A link that is not a carved block of this slab was forged or
             // overwritten (a use-after-free write).
-            if next != 0 && (next ^ b as usize) > SEGMENT_MASK {
-                self.global.misuse(Misuse::FreeListCorruption, b as usize);
+            if self.harden.contains(Mitigations::LINKS)
+                && next != 0
+                && !(*page).is_carved_block(next)
+            {
+                self.corrupt_list(page, b);
+            }
+            if self.harden.contains(Mitigations::BITMAP)
+                && !(*segment_of(page)).live.set(b as usize)
+            {
+                // A live block on a free list: handing it out would give
+                // one block to two owners.
+                self.corrupt_list(page, b);
+            }
+            if self.slow_paths {
+                self.check_reused(page, b);
             }
             // Clear the stale link: a live block whose first word still
             // decoded to a free-list link would send every free of it down
@@ -263,6 +309,15 @@ impl Heap {
             (b as *mut usize).write(0);
             b as *mut u8
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    unsafe fn corrupt_list(&self, page: *mut Span, b: *mut Block) -> ! {
+        // SAFETY: `page` is one of our slabs (caller's contract).
+        let size = unsafe { (*page).block_size };
+        self.global
+            .misuse(Misuse::FreeListCorruption, b as usize, Some(size))
     }
 
     /// [`Heap::pop_block`], counting the block in the statistics.
@@ -372,15 +427,14 @@ impl Heap {
     /// frees and carving fresh blocks), moving it to the front; parks full
     /// pages. Returns whether one was found.
     pub(super) fn refill_from_queue(&mut self, c: usize) -> bool {
-        let key = self.key;
         // SAFETY: every page reached from the queue belongs to this heap.
         unsafe {
             let mut page = self.queues.first(c);
             while !page.is_null() {
                 let next = (*page).next;
-                (*page).collect();
+                self.collect(page);
                 if (*page).free.is_null() {
-                    (*page).extend(key, EXTEND_BYTES);
+                    self.extend(page);
                 }
                 if !(*page).free.is_null() {
                     self.queues.move_to_front(c, page);
@@ -424,7 +478,10 @@ impl Heap {
             p.thread_free.reset();
             p.in_full = false;
             p.start = start;
-            p.extend(self.key, EXTEND_BYTES);
+            p.carved_end = start;
+            p.tail = self.tail_bytes() as u8;
+            p.secret = next_random(&mut self.rng) as usize;
+            self.extend(page);
             self.queues.push_front(c, page);
             Some(page)
         }
@@ -442,7 +499,7 @@ unsafe fn find_block(seg: *mut Segment, addr: usize) -> Found {
         if s.is_huge {
             let d = &s.slices[HEADER_SLICES];
             if d.kind == SpanKind::Huge && d.start == addr {
-                return Found::Block(d as *const Span as *mut Span, d.block_size);
+                return Found::Block(d as *const Span as *mut Span, d.usable());
             }
             return Found::Invalid(Misuse::InvalidFree);
         }
@@ -463,13 +520,13 @@ unsafe fn find_block(seg: *mut Segment, addr: usize) -> Found {
         let page = page as *const Span as *mut Span;
         match (*page).kind {
             SpanKind::Slab => {
-                if (*page).is_block_offset(addr - (*page).start) {
-                    Found::Block(page, (*page).block_size)
+                if (*page).is_carved_block(addr) {
+                    Found::Block(page, (*page).usable())
                 } else {
                     Found::Invalid(Misuse::InvalidFree)
                 }
             }
-            SpanKind::Large if addr == (*page).start => Found::Block(page, (*page).block_size),
+            SpanKind::Large if addr == (*page).start => Found::Block(page, (*page).usable()),
             _ => Found::Invalid(Misuse::InvalidFree),
         }
     }
@@ -493,11 +550,8 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
         // boundary in the first slice of a slab.
         let idx = (addr >> SLICE_SHIFT) & (SLICES_PER_SEGMENT - 1);
         let d = (*(seg as *const Segment)).slices.as_ptr().add(idx);
-        if (*d).kind == SpanKind::Slab
-            && (*d).slice_offset == 0
-            && (*d).is_block_offset(addr - (*d).start)
-        {
-            return (*d).block_size;
+        if (*d).kind == SpanKind::Slab && (*d).slice_offset == 0 && (*d).is_carved_block(addr) {
+            return (*d).usable();
         }
         match find_block(seg as *mut Segment, addr) {
             Found::Block(_, usable) => usable,

@@ -111,6 +111,7 @@ impl Heap {
     /// with free space were adopted (the caller retries its carve).
     pub(super) fn reclaim(&mut self) -> bool {
         let now = self.global.now().unwrap_or(self.now);
+        self.flush_quarantine();
         self.global.purge_cache(now, true);
         let mut adopted = 0;
         while let Some(seg) = self.global.pop_abandoned() {

@@ -29,13 +29,13 @@ impl Heap {
                 s.base(),
             )?;
             check(!s.is_huge, "huge segment in a heap's list", s.base())?;
-            s.verify(self.key, |idx| {
+            s.verify(self.global.cookie_key(), |idx| {
                 let d = &s.slices[idx];
                 match d.kind {
                     SpanKind::Free => free_spans += 1,
                     SpanKind::Slab => {
                         // SAFETY: an own slab.
-                        unsafe { d.verify_slab(self.key)? };
+                        unsafe { d.verify_slab()? };
                         if !d.in_full {
                             slabs_not_full += 1;
                         }

@@ -1,0 +1,400 @@
+//! The heap's side of the mitigations (see [`crate::harden`]): collecting
+//! remote frees against the live-block bitmap, carving in random order,
+//! and the out-of-line paths of the `full` preset (canaries, zero on free,
+//! the quarantine).
+
+use core::ptr;
+
+use crate::block::{next_of, Block};
+use crate::fatal::Misuse;
+use crate::harden::Mitigations;
+use crate::layout::segment_base_of;
+use crate::remote::RemotePush;
+use crate::segment::{segment_of, Segment};
+use crate::segment_map;
+use crate::span::{Span, SpanKind};
+
+use super::*;
+
+/// Bytes of the canary after each small block.
+const CANARY_BYTES: usize = 8;
+/// Small blocks held back from reuse per heap.
+pub(super) const QUARANTINE_SLOTS: usize = 128;
+/// Large blocks held back (inaccessible) per heap.
+pub(super) const LARGE_QUARANTINE_SLOTS: usize = 8;
+/// An entry of the small quarantine whose live bit was already cleared
+/// (an own block, checked when it was freed). Blocks are 16-aligned, so
+/// the low bit is free.
+const BIT_CLEARED: usize = 1;
+
+/// A FIFO of blocks waiting before they can be reused.
+pub(super) struct Quarantine<const N: usize> {
+    slots: [usize; N],
+    next: usize,
+}
+
+impl<const N: usize> Quarantine<N> {
+    pub(super) const fn new() -> Self {
+        Quarantine {
+            slots: [0; N],
+            next: 0,
+        }
+    }
+
+    /// Whether `addr` is waiting here.
+    fn holds(&self, addr: usize) -> bool {
+        self.slots.iter().any(|&e| e & !BIT_CLEARED == addr)
+    }
+
+    /// Puts `entry` in and returns the oldest entry it displaces (0 if
+    /// none).
+    fn push(&mut self, entry: usize) -> usize {
+        let old = self.slots[self.next];
+        self.slots[self.next] = entry;
+        self.next = (self.next + 1) % N;
+        old
+    }
+
+    /// Takes every entry out, oldest first.
+    fn drain(&mut self, mut f: impl FnMut(usize)) {
+        for i in 0..N {
+            let k = (self.next + i) % N;
+            let e = core::mem::replace(&mut self.slots[k], 0);
+            if e != 0 {
+                f(e);
+            }
+        }
+    }
+}
+
+/// The canary of the block at `b` of a slab with link secret `secret`.
+#[inline]
+fn canary(b: usize, secret: usize) -> u64 {
+    (crate::global::mix64(b ^ secret) as u64) | 1
+}
+
+impl Heap {
+    /// The bytes a small block gives up for its canary.
+    #[inline(always)]
+    pub(super) fn tail_bytes(&self) -> usize {
+        if self.harden.contains(Mitigations::CANARY) {
+            CANARY_BYTES
+        } else {
+            0
+        }
+    }
+
+    /// Carves fresh blocks into `page`'s free list, in random order with
+    /// [`Mitigations::SHUFFLE`], zeroed with [`Mitigations::ZERO`] (the
+    /// reuse check expects every free block to read as zero).
+    ///
+    /// # Safety
+    /// `page` is an own slab with an empty `free` list.
+    pub(super) unsafe fn extend(&mut self, page: *mut Span) {
+        let shuffle = self.harden.contains(Mitigations::SHUFFLE);
+        // SAFETY: the caller's contract.
+        unsafe {
+            let first = (*page).carved_end;
+            let rng = if shuffle { Some(&mut self.rng) } else { None };
+            let n = (*page).extend(EXTEND_BYTES, rng);
+            if self.harden.contains(Mitigations::ZERO) && !(*page).span_is_zero && n > 0 {
+                let bs = (*page).block_size;
+                // Zero all but each block's link word.
+                for i in 0..n as usize {
+                    let b = first + i * bs;
+                    ptr::write_bytes((b + 8) as *mut u8, 0, bs - 8);
+                }
+            }
+        }
+    }
+
+    /// Moves remote frees (or, without any, `local_free`) into an empty
+    /// `free` list. With the bitmap, each remotely freed block's live bit
+    /// is cleared, which catches a block freed twice from other threads
+    /// and a forged remote list.
+    ///
+    /// # Safety
+    /// `page` is an own slab.
+    pub(super) unsafe fn collect(&mut self, page: *mut Span) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            if !(*page).free.is_null() {
+                return;
+            }
+            let (tf, n) = (*page).thread_free.take();
+            if tf.is_null() {
+                (*page).collect_local();
+                return;
+            }
+            if self.harden.contains(Mitigations::BITMAP) {
+                self.clear_remote_bits(page, tf, n);
+            }
+            (*page).used -= n;
+            (*page).free = tf;
+            (*page).free_is_zero = false;
+        }
+    }
+
+    /// Walks the `n` blocks of a remote list taken from `page`, clearing
+    /// their live bits; ends the process on a block that is not a live
+    /// block of the slab.
+    ///
+    /// # Safety
+    /// `page` is an own slab and `tf`/`n` its taken remote list.
+    #[cold]
+    unsafe fn clear_remote_bits(&mut self, page: *mut Span, tf: *mut Block, n: u32) {
+        // SAFETY: list members were checked to be blocks of this slab
+        // before they are read.
+        unsafe {
+            let seg = segment_of(page);
+            let mut b = tf;
+            for _ in 0..n {
+                if !(*page).is_carved_block(b as usize) {
+                    self.corrupt_list(page, b);
+                }
+                if !(*seg).live.clear(b as usize) {
+                    let size = (*page).block_size;
+                    self.global.misuse(Misuse::DoubleFree, b as usize, Some(size));
+                }
+                b = next_of(b, (*page).secret);
+            }
+            if !b.is_null() {
+                self.corrupt_list(page, b);
+            }
+        }
+    }
+
+    /// The `full` checks of a block about to be handed out: still zero
+    /// since it was freed (else something wrote to it after the free), and
+    /// its canary written.
+    ///
+    /// # Safety
+    /// `b` is a block of the own slab `page`, just popped.
+    #[cold]
+    #[inline(never)]
+    pub(super) unsafe fn check_reused(&mut self, page: *mut Span, b: *mut Block) {
+        // SAFETY: the block is ours and `block_size` long.
+        unsafe {
+            let bs = (*page).block_size;
+            if self.harden.contains(Mitigations::ZERO) {
+                // The first word holds the free-list link.
+                let words = core::slice::from_raw_parts((b as *const u64).add(1), bs / 8 - 1);
+                if words.iter().any(|&w| w != 0) {
+                    self.global
+                        .misuse(Misuse::WriteAfterFree, b as usize, Some(bs));
+                }
+            }
+            if (*page).tail != 0 {
+                let at = (b as usize + bs - CANARY_BYTES) as *mut u64;
+                at.write(canary(b as usize, (*page).secret));
+            }
+        }
+    }
+
+    /// A slab block freed under the `full` preset (own or another heap's):
+    /// its canary checked, its contents zeroed, then held in the
+    /// quarantine; the block it displaces is freed for real.
+    ///
+    /// # Safety
+    /// `b` is a live block of the slab `page`, given up by the caller; for
+    /// an own block its live bit is already cleared (`own_bit_cleared`).
+    #[cold]
+    #[inline(never)]
+    pub(super) unsafe fn free_small_hardened(
+        &mut self,
+        page: *mut Span,
+        b: *mut Block,
+        own_bit_cleared: bool,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let bs = (*page).block_size;
+            if (*page).tail != 0 {
+                let at = (b as usize + bs - CANARY_BYTES) as *const u64;
+                if at.read() != canary(b as usize, (*page).secret) {
+                    self.global
+                        .misuse(Misuse::HeapOverflow, b as usize, Some((*page).usable()));
+                }
+            }
+            if self.harden.contains(Mitigations::ZERO) {
+                ptr::write_bytes(b as *mut u8, 0, bs);
+            }
+            if !self.harden.contains(Mitigations::QUARANTINE) {
+                return self.free_small_now(b as usize | own_bit_cleared as usize);
+            }
+            if self.quarantine.holds(b as usize) {
+                self.global
+                    .misuse(Misuse::DoubleFree, b as usize, Some((*page).usable()));
+            }
+            let old = self
+                .quarantine
+                .push(b as usize | own_bit_cleared as usize);
+            if old != 0 {
+                self.free_small_now(old);
+            }
+        }
+    }
+
+    /// Frees a small block for real: onto its slab's local list if the
+    /// slab is ours (clearing its live bit unless `entry` says that was
+    /// done), else through the remote path.
+    unsafe fn free_small_now(&mut self, entry: usize) {
+        let addr = entry & !BIT_CLEARED;
+        let b = addr as *mut Block;
+        // SAFETY: quarantined blocks are live blocks of slabs that stay
+        // used while they wait (their `used` still counts them).
+        unsafe {
+            let seg = segment_base_of(addr) as *mut Segment;
+            let Found::Block(page, _) = find_block(seg, addr) else {
+                self.global.misuse(Misuse::InvalidFree, addr, None);
+            };
+            if (*seg).owner() == self.id() {
+                if entry & BIT_CLEARED == 0
+                    && self.harden.contains(Mitigations::BITMAP)
+                    && !(*seg).live.clear(addr)
+                {
+                    self.free_not_live(page, b);
+                }
+                self.push_local(page, b);
+            } else {
+                self.free_remote(seg, page, b);
+            }
+        }
+    }
+
+    /// Frees every quarantined block for real (the heap is going away, or
+    /// memory is short).
+    pub(super) fn flush_quarantine(&mut self) {
+        let mut q = core::mem::replace(&mut self.quarantine, Quarantine::new());
+        // SAFETY: quarantined entries are blocks given up earlier.
+        q.drain(|e| unsafe { self.free_small_now(e) });
+        let mut q = core::mem::replace(&mut self.large_quarantine, Quarantine::new());
+        // SAFETY: as above; large entries are own, inaccessible blocks.
+        q.drain(|e| unsafe { self.free_large_now(e) });
+    }
+
+    /// An own large block freed under [`Mitigations::QUARANTINE`]: made
+    /// inaccessible and held back; the block it displaces is freed.
+    ///
+    /// # Safety
+    /// `page` is an own large span whose block is given up.
+    pub(super) unsafe fn quarantine_large(&mut self, page: *mut Span) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let start = (*page).start;
+            if self.large_quarantine.holds(start) {
+                self.global
+                    .misuse(Misuse::DoubleFree, start, Some((*page).usable()));
+            }
+            let len = (*page).slice_count as usize * crate::layout::SLICE_SIZE;
+            self.global.protect(start, len, false);
+            let old = self.large_quarantine.push(start);
+            if old != 0 {
+                self.free_large_now(old);
+            }
+        }
+    }
+
+    /// Frees a quarantined own large block for real.
+    unsafe fn free_large_now(&mut self, start: usize) {
+        // SAFETY: quarantined large blocks are own spans that stay used.
+        unsafe {
+            let seg = segment_of(start as *const u8);
+            let page = (*seg)
+                .page_of(start)
+                .map_or(ptr::null_mut(), |p| p as *const Span as *mut Span);
+            if page.is_null() || (*page).kind != SpanKind::Large {
+                self.global.misuse(Misuse::InvalidFree, start, None);
+            }
+            let len = (*page).slice_count as usize * crate::layout::SLICE_SIZE;
+            self.global.protect(start, len, true);
+            (*page).used = 0;
+            self.retire_span(page);
+        }
+    }
+
+    /// Makes the guard page after a large block accessible again (its span
+    /// is about to be freed).
+    ///
+    /// # Safety
+    /// `page` is an own large span whose block is given up.
+    pub(super) unsafe fn unguard_large(&self, page: *mut Span) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let span_end = (*page).start + (*page).slice_count as usize * crate::layout::SLICE_SIZE;
+            let block_end = (*page).start + (*page).block_size;
+            if span_end > block_end {
+                self.global.protect(block_end, span_end - block_end, true);
+            }
+        }
+    }
+
+    /// A free of an own block whose live bit is clear: freed already
+    /// (it sits on a free list) or never handed out.
+    ///
+    /// # Safety
+    /// `b` is a block start of the own slab `page`.
+    #[cold]
+    #[inline(never)]
+    pub(super) unsafe fn free_not_live(&self, page: *mut Span, b: *mut Block) -> ! {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let size = Some((*page).usable());
+            let freed = (*page).kind == SpanKind::Slab
+                && ((*page).list_contains(b) || self.quarantine.holds(b as usize));
+            let what = if freed || (*page).kind != SpanKind::Slab {
+                Misuse::DoubleFree
+            } else {
+                Misuse::InvalidFree
+            };
+            self.global.misuse(what, b as usize, size)
+        }
+    }
+
+    /// A pointer that is in no segment of ours: a huge block freed twice
+    /// (its segment was a huge one, now gone), or a foreign pointer.
+    /// Reported with [`Mitigations::FOREIGN`], counted and ignored without.
+    #[cold]
+    pub(super) fn free_foreign(&mut self, addr: usize, realloc: bool) {
+        let seg = segment_base_of(addr);
+        if self.harden.contains(Mitigations::FOREIGN) {
+            let what = if segment_map::was_huge(seg) {
+                Misuse::DoubleFree
+            } else if realloc {
+                Misuse::InvalidRealloc
+            } else {
+                Misuse::InvalidFree
+            };
+            self.global.misuse(what, addr, None);
+        }
+        self.global
+            .stats
+            .foreign_frees
+            .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Frees a block of another heap's span through the remote path.
+    ///
+    /// # Safety
+    /// `b` is a live block of `page` in the live segment `seg`, given up.
+    pub(super) unsafe fn free_remote(&mut self, seg: *mut Segment, page: *mut Span, b: *mut Block) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            crate::stats::bump(&self.stats.remote_frees, 1);
+            let large = (*page).kind == SpanKind::Large;
+            match (*page).thread_free.push(b, (*page).secret, false) {
+                RemotePush::MustNotify => self.hand_over(page, seg, b),
+                // An owned large block's span waits in `Notify` for its one
+                // free, and an abandoned one's list holds at most that one:
+                // anything else means the block was freed already.
+                RemotePush::Pushed
+                    if large && ((*seg).owner() != 0 || (*page).thread_free.count() > 1) =>
+                {
+                    self.global
+                        .misuse(Misuse::DoubleFree, b as usize, Some((*page).usable()))
+                }
+                _ => {}
+            }
+        }
+    }
+}

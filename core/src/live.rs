@@ -1,0 +1,112 @@
+//! The live-block bitmap: one bit per 16-byte granule of a segment, set
+//! while the block starting there is handed out.
+//!
+//! It lives in the segment header, out of reach of the blocks (a guard page
+//! separates them, see [`crate::harden::Mitigations::GUARDS`]), and makes
+//! three checks exact where in-band metadata can only guess:
+//! - a free of a block whose bit is clear is a double free or a free of a
+//!   slot that was never handed out;
+//! - a free list that offers a block whose bit is set was forged;
+//! - a remote double free is caught when the owner collects the list.
+//!
+//! Only the segment's owner writes the bits (plain, non-atomic words), so
+//! remote frees leave them set until the owner collects them. The bits of
+//! every free span are clear: whatever frees a block clears its bit, so a
+//! recycled segment needs no clearing.
+
+use crate::layout::{MIN_ALIGN, SEGMENT_MASK, SEGMENT_SIZE};
+
+/// Words of the bitmap of one segment.
+pub const LIVE_WORDS: usize = SEGMENT_SIZE / MIN_ALIGN / 64;
+
+/// The bitmap of one segment.
+#[repr(C)]
+pub struct LiveMap {
+    words: [u64; LIVE_WORDS],
+}
+
+/// The word index and bit of the block at `addr` (any address in the
+/// segment; only 16-aligned ones are block starts).
+#[inline(always)]
+fn position(addr: usize) -> (usize, u64) {
+    let granule = (addr & SEGMENT_MASK) / MIN_ALIGN;
+    (granule / 64, 1u64 << (granule % 64))
+}
+
+impl LiveMap {
+    /// Marks the block at `addr` handed out; false (and nothing changed) if
+    /// it already was.
+    #[inline(always)]
+    pub fn set(&mut self, addr: usize) -> bool {
+        let (w, bit) = position(addr);
+        // SAFETY: `w < LIVE_WORDS` because the address is masked into the
+        // segment.
+        let word = unsafe { self.words.get_unchecked_mut(w) };
+        if *word & bit != 0 {
+            return false;
+        }
+        *word |= bit;
+        true
+    }
+
+    /// Marks the block at `addr` free; false (and nothing changed) if it
+    /// was not handed out.
+    #[inline(always)]
+    pub fn clear(&mut self, addr: usize) -> bool {
+        let (w, bit) = position(addr);
+        // SAFETY: as in `set`.
+        let word = unsafe { self.words.get_unchecked_mut(w) };
+        if *word & bit == 0 {
+            return false;
+        }
+        *word &= !bit;
+        true
+    }
+
+    /// Clears every bit (memory of unknown contents becoming a segment).
+    pub fn clear_all(&mut self) {
+        self.words.fill(0);
+    }
+
+    /// Whether the block at `addr` is handed out.
+    #[inline(always)]
+    pub fn is_set(&self, addr: usize) -> bool {
+        let (w, bit) = position(addr);
+        // SAFETY: as in `set`.
+        unsafe { *self.words.get_unchecked(w) & bit != 0 }
+    }
+
+    /// Whether no bit of `[start, end)` (16-aligned, inside the segment)
+    /// is set; used by the self-check.
+    pub fn none_in(&self, start: usize, end: usize) -> bool {
+        (start..end)
+            .step_by(MIN_ALIGN)
+            .all(|a| !self.is_set(a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_track_blocks_independently() {
+        let mut m: Box<LiveMap> = Box::new(LiveMap {
+            words: [0; LIVE_WORDS],
+        });
+        let base = 0x7f00_0000_0000usize;
+        let a = base + 16 * 63;
+        let b = base + 16 * 64;
+        let last = base + SEGMENT_SIZE - 16;
+        for p in [a, b, last] {
+            assert!(!m.is_set(p));
+            assert!(m.set(p));
+            assert!(!m.set(p), "second set must fail");
+        }
+        assert!(m.clear(a));
+        assert!(!m.clear(a), "second clear must fail");
+        assert!(m.is_set(b) && m.is_set(last));
+        assert!(m.none_in(base, base + 16 * 64));
+        assert!(!m.none_in(base, base + 16 * 65));
+    }
+}

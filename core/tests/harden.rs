@@ -1,0 +1,291 @@
+//! The mitigations against heap exploitation (see `apex_core::harden`),
+//! attacked the way an attacker with a heap bug would: each attack is shown
+//! to work without its mitigation where that is safe to show, and to end in
+//! the exact fatal line (the test provider panics with it) or to be
+//! defeated with it.
+
+mod common;
+
+use std::collections::HashSet;
+
+use apex_core::harden::Mitigations;
+use apex_core::{usable_size, Global, Heap};
+use common::{instance, HeapBox};
+
+fn heap_with(m: Mitigations) -> (&'static Global, HeapBox) {
+    let (_p, g) = instance();
+    g.set_mitigations(m);
+    (g, HeapBox::new(g))
+}
+
+/// Frees `p` and reads back the word the allocator stored in it.
+unsafe fn free_and_peek(heap: &mut Heap, p: *mut u8) -> usize {
+    // SAFETY: the caller passes a live block; reading it after the free
+    // is the attack.
+    unsafe {
+        heap.free(p);
+        *(p as *const usize)
+    }
+}
+
+/// Class 1: an overflowing read shows the next free block's link; the
+/// attacker learns its pad and rewrites it to name a live block. Returns
+/// whether malloc handed out the live block.
+fn forge_link(m: Mitigations, target_offset: usize) -> bool {
+    let (_g, hb) = heap_with(m - Mitigations::SHUFFLE);
+    let heap = hb.get();
+    // Fresh slab, carved in address order (no shuffle here, so the
+    // attacker knows which block follows which).
+    let victim = heap.malloc(48);
+    let b1 = victim.wrapping_add(48);
+    let b2 = victim.wrapping_add(96);
+    // SAFETY: reading and writing past the victim's end is the attack.
+    unsafe {
+        let pad = *(b1 as *const usize) ^ (b2 as usize);
+        *(b1 as *mut usize) = (victim as usize + target_offset) ^ pad;
+        let first = heap.malloc(48);
+        assert_eq!(first, b1);
+        heap.malloc(48) == victim
+    }
+}
+
+#[test]
+fn forged_link_hands_out_a_live_block_without_mitigations() {
+    assert!(forge_link(Mitigations::OFF, 0));
+}
+
+#[test]
+#[should_panic(expected = "apexalloc: fatal: free-list corruption (0x")]
+fn forged_link_to_a_live_block_is_fatal() {
+    forge_link(Mitigations::DEFAULT, 0);
+}
+
+#[test]
+#[should_panic(expected = "apexalloc: fatal: free-list corruption (0x")]
+fn misaligned_link_inside_the_slab_is_fatal() {
+    forge_link(Mitigations::LINKS, 8);
+}
+
+#[test]
+fn links_copied_between_slots_do_not_decode_to_blocks() {
+    let (_g, hb) = heap_with(Mitigations::DEFAULT);
+    let heap = hb.get();
+    let blocks: Vec<*mut u8> = (0..16).map(|_| heap.malloc(32)).collect();
+    // SAFETY: reads of freed blocks only.
+    unsafe {
+        let words: Vec<usize> = blocks.iter().map(|&p| free_and_peek(heap, p)).collect();
+        // No stored word is a plain pointer into the heap.
+        for (w, &p) in words.iter().zip(&blocks) {
+            assert!(w.abs_diff(p as usize) > 1 << 32, "{w:#x} near {p:?}");
+        }
+    }
+}
+
+/// Class 2: a block boundary that was never handed out.
+#[test]
+#[should_panic(expected = "apexalloc: fatal: invalid free (0x")]
+fn free_of_a_never_carved_slot_is_fatal() {
+    let (_g, hb) = heap_with(Mitigations::OFF);
+    let heap = hb.get();
+    let p = heap.malloc(64);
+    // 100 blocks on: beyond the page of blocks carved so far.
+    // SAFETY: deliberately invalid.
+    unsafe { heap.free(p.add(64 * 100)) };
+}
+
+/// A carved slot that was never handed out sits on a free list, so the
+/// bitmap (and, without it, the list scan) sees it freed already.
+#[test]
+#[should_panic(expected = "apexalloc: fatal: double free (0x")]
+fn free_of_a_carved_slot_never_handed_out_is_fatal() {
+    let (_g, hb) = heap_with(Mitigations::DEFAULT - Mitigations::SHUFFLE);
+    let heap = hb.get();
+    let p = heap.malloc(64);
+    // SAFETY: deliberately invalid.
+    unsafe { heap.free(p.add(64 * 3)) };
+}
+
+/// Class 3: a large block freed twice from another thread.
+#[test]
+#[should_panic(expected = "apexalloc: fatal: double free (0x")]
+fn large_block_freed_twice_by_another_heap_is_fatal() {
+    let (_g, hb) = heap_with(Mitigations::DEFAULT);
+    let other = HeapBox::new(_g);
+    let p = hb.get().malloc(600 * 1024);
+    // SAFETY: deliberately freed twice.
+    unsafe {
+        other.get().free(p);
+        other.get().free(p);
+    }
+}
+
+#[test]
+#[should_panic(expected = "apexalloc: fatal: double free (0x")]
+fn small_block_freed_twice_by_another_heap_is_fatal() {
+    let (_g, hb) = heap_with(Mitigations::DEFAULT);
+    let other = HeapBox::new(_g);
+    let heap = hb.get();
+    let blocks: Vec<*mut u8> = (0..300).map(|_| heap.malloc(64)).collect();
+    // SAFETY: deliberately freed twice; the owner collects them.
+    unsafe {
+        other.get().free(blocks[7]);
+        other.get().free(blocks[7]);
+    }
+    for _ in 0..10_000 {
+        heap.malloc(64);
+    }
+}
+
+#[test]
+#[should_panic(expected = "apexalloc: fatal: double free (0x")]
+fn huge_block_freed_twice_is_fatal() {
+    let (_g, hb) = heap_with(Mitigations::DEFAULT);
+    let heap = hb.get();
+    let p = heap.malloc(40 << 20);
+    // SAFETY: deliberately freed twice.
+    unsafe {
+        heap.free(p);
+        heap.free(p);
+    }
+}
+
+#[test]
+#[should_panic(expected = "apexalloc: fatal: invalid free (0x")]
+fn stale_huge_pointer_never_frees_the_block_that_reuses_its_range() {
+    let (_g, hb) = heap_with(Mitigations::DEFAULT);
+    let heap = hb.get();
+    let p = heap.malloc(40 << 20);
+    // SAFETY: `p` is freed, a new block takes its range, then the stale
+    // pointer is freed.
+    unsafe {
+        heap.free(p);
+        let q = heap.malloc(40 << 20);
+        assert_ne!(p, q, "the new block starts where the freed one did");
+        heap.free(p);
+    }
+}
+
+/// Class 4: a dangling 64-byte pointer must not land in a block of
+/// another size.
+fn dangling_pointer_lands_in_another_class(m: Mitigations) -> bool {
+    let (_g, hb) = heap_with(m);
+    let heap = hb.get();
+    let small: Vec<*mut u8> = (0..5000).map(|_| heap.malloc(64)).collect();
+    let dangling = small[2500] as usize;
+    for &p in &small {
+        // SAFETY: live blocks, freed once.
+        unsafe { heap.free(p) };
+    }
+    let big: Vec<*mut u8> = (0..400).map(|_| heap.malloc(4000)).collect();
+    big.iter()
+        .any(|&b| (b as usize..b as usize + 4000).contains(&dangling))
+}
+
+#[test]
+fn cross_class_reuse_happens_without_isolation() {
+    assert!(dangling_pointer_lands_in_another_class(Mitigations::OFF));
+}
+
+#[test]
+fn size_classes_are_isolated_in_full() {
+    assert!(!dangling_pointer_lands_in_another_class(Mitigations::FULL));
+}
+
+/// Class 6: a linear overflow into the next block.
+#[test]
+#[should_panic(expected = "apexalloc: fatal: heap overflow (0x")]
+fn overflow_past_a_small_block_is_caught_by_its_canary() {
+    let (_g, hb) = heap_with(Mitigations::FULL);
+    let heap = hb.get();
+    let p = heap.malloc(40);
+    // SAFETY: the usable size is writable; the byte after it is not ours.
+    unsafe {
+        let n = usable_size(p);
+        assert!(n >= 40);
+        // One byte changed, as a string overflow by one would.
+        *p.add(n) = !*p.add(n);
+        heap.free(p);
+    }
+}
+
+/// Class 7: secrets survive free, and writes after free.
+#[test]
+fn freed_blocks_are_zeroed_in_full() {
+    for (m, zeroed) in [(Mitigations::OFF, false), (Mitigations::FULL, true)] {
+        let (_g, hb) = heap_with(m);
+        let heap = hb.get();
+        let p = heap.malloc(64);
+        // SAFETY: reading a freed block is the attack.
+        unsafe {
+            std::ptr::write_bytes(p, 0x5a, 48);
+            heap.free(p);
+            let after: Vec<u8> = (8..48).map(|i| *p.add(i)).collect();
+            assert_eq!(after.iter().all(|&b| b == 0), zeroed, "{m:?}");
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "apexalloc: fatal: write after free (0x")]
+fn write_after_free_is_caught_when_the_block_is_reused() {
+    let (_g, hb) = heap_with(Mitigations::FULL);
+    let heap = hb.get();
+    let p = heap.malloc(64);
+    // SAFETY: the write after free is the attack.
+    unsafe {
+        heap.free(p);
+        *p.add(24) = 1;
+        // Push it out of the quarantine, then allocate until it is reused.
+        for _ in 0..1000 {
+            let q = heap.malloc(64);
+            heap.free(q);
+        }
+    }
+    for _ in 0..100_000 {
+        heap.malloc(64);
+    }
+}
+
+#[test]
+fn quarantine_delays_reuse() {
+    let (_g, hb) = heap_with(Mitigations::FULL);
+    let heap = hb.get();
+    let p = heap.malloc(64);
+    // SAFETY: freed once.
+    unsafe { heap.free(p) };
+    let next: Vec<*mut u8> = (0..100).map(|_| heap.malloc(64)).collect();
+    assert!(!next.contains(&p), "a freed block came back at once");
+}
+
+/// Class 8: foreign pointers.
+#[test]
+#[should_panic(expected = "apexalloc: fatal: invalid free (0x")]
+fn free_of_a_stack_pointer_is_fatal() {
+    let (_g, hb) = heap_with(Mitigations::DEFAULT);
+    let mut local = [0u8; 64];
+    // SAFETY: deliberately foreign.
+    unsafe { hb.get().free(local.as_mut_ptr()) };
+}
+
+#[test]
+#[should_panic(expected = "apexalloc: fatal: invalid realloc (0x")]
+fn realloc_of_a_stack_pointer_is_fatal() {
+    let (_g, hb) = heap_with(Mitigations::DEFAULT);
+    let mut local = [0u8; 64];
+    // SAFETY: deliberately foreign.
+    unsafe { hb.get().realloc(local.as_mut_ptr(), 100) };
+}
+
+/// Class 9: predictable layout.
+fn consecutive_blocks_are_sequential(m: Mitigations) -> bool {
+    let (_g, hb) = heap_with(m);
+    let heap = hb.get();
+    let v: Vec<usize> = (0..64).map(|_| heap.malloc(64) as usize).collect();
+    v.windows(2).all(|w| w[1] == w[0] + 64)
+}
+
+#[test]
+fn slots_are_handed_out_in_random_order_with_shuffle() {
+    assert!(consecutive_blocks_are_sequential(Mitigations::OFF));
+    assert!(!consecutive_blocks_are_sequential(Mitigations::SHUFFLE));
+}
