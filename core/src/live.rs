@@ -29,8 +29,11 @@ pub struct LiveMap {
 /// segment; only 16-aligned ones are block starts).
 #[inline(always)]
 fn position(addr: usize) -> (usize, u64) {
-    let granule = (addr & SEGMENT_MASK) / MIN_ALIGN;
-    (granule / 64, 1u64 << (granule % 64))
+    const GRANULE_SHIFT: u32 = MIN_ALIGN.trailing_zeros();
+    let word = (addr & SEGMENT_MASK) >> (GRANULE_SHIFT + 6);
+    // `wrapping_shl` takes the shift modulo 64, as the hardware does, so
+    // the granule's low six bits need no mask.
+    (word, 1u64.wrapping_shl((addr >> GRANULE_SHIFT) as u32))
 }
 
 impl LiveMap {
@@ -61,6 +64,23 @@ impl LiveMap {
         }
         *word &= !bit;
         true
+    }
+
+    /// Clears the bits of `[start, end)` (16-aligned, inside the segment):
+    /// a span freed as a whole, without its blocks being freed one by one.
+    pub fn clear_range(&mut self, start: usize, end: usize) {
+        let mut a = start;
+        while a < end {
+            let (w, bit) = position(a);
+            if bit == 1 && end - a >= 64 * MIN_ALIGN {
+                // A whole word at once.
+                self.words[w] = 0;
+                a += 64 * MIN_ALIGN;
+            } else {
+                self.words[w] &= !bit;
+                a += MIN_ALIGN;
+            }
+        }
     }
 
     /// Clears every bit (memory of unknown contents becoming a segment).
@@ -108,5 +128,12 @@ mod tests {
         assert!(m.is_set(b) && m.is_set(last));
         assert!(m.none_in(base, base + 16 * 64));
         assert!(!m.none_in(base, base + 16 * 65));
+        // Ranges clear whole words and partial ones.
+        for i in 3..300 {
+            m.set(base + 16 * i);
+        }
+        m.clear_range(base + 16 * 10, base + 16 * 200);
+        assert!(m.none_in(base + 16 * 10, base + 16 * 200));
+        assert!(m.is_set(base + 16 * 9) && m.is_set(base + 16 * 200));
     }
 }

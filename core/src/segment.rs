@@ -359,6 +359,11 @@ impl Segment {
         for (idx, len) in unsafe { Segment::spans(self) } {
             if matches!(self.slices[idx].kind, SpanKind::Slab | SpanKind::Large) {
                 self.slices[idx].thread_free.reset();
+                // Blocks freed remotely were never collected: their live
+                // bits are still set, and a recycled segment's bitmap must
+                // be clear (see `crate::live`).
+                let start = self.slice_addr(idx);
+                self.live.clear_range(start, start + len * SLICE_SIZE);
                 self.mark_free(idx, len, true, false);
                 freed += len;
             }
