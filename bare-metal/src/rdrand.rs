@@ -57,3 +57,32 @@ fn next_u64() -> Option<u64> {
     }
     None
 }
+
+/// Fills `buf` from the time-stamp counter when `rdrand` is missing: each
+/// word mixes many counter reads, whose low bits jitter with interrupts,
+/// cache misses and (under a hypervisor) the host's scheduling. Weaker than
+/// `rdrand` but different on every boot, which is what the allocator's
+/// secrets (link encoding, canaries, header cookies) need to differ
+/// between runs. Returns false only where there is no counter.
+pub fn tsc_fill(buf: &mut [u8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for chunk in buf.chunks_mut(8) {
+            for _ in 0..64 {
+                // SAFETY: `rdtsc` exists on every x86_64 CPU and has no
+                // side effects.
+                let t = unsafe { core::arch::x86_64::_rdtsc() };
+                state = (state ^ t).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                state ^= state >> 31;
+            }
+            chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = buf;
+        false
+    }
+}

@@ -104,7 +104,7 @@ impl Heap {
         unsafe {
             let (page, usable) = match find_block(seg, addr) {
                 Found::Block(page, usable) => (page, usable),
-                Found::Invalid(_) => self.global.misuse(Misuse::InvalidRealloc, addr, None),
+                Found::Invalid(_, size) => self.global.misuse(Misuse::InvalidRealloc, addr, size),
             };
             // Guard pages sit right after the block: such blocks move.
             let guarded = self.harden.contains(Mitigations::LARGE_GUARDS);

@@ -187,14 +187,7 @@ impl Heap {
         unsafe {
             let (page, usable) = match find_block(seg, addr) {
                 Found::Block(page, usable) => (page, usable),
-                Found::Invalid(m) => {
-                    let m = if m == Misuse::InvalidRealloc {
-                        Misuse::InvalidFree
-                    } else {
-                        m
-                    };
-                    self.global.misuse(m, addr, None)
-                }
+                Found::Invalid(m, size) => self.global.misuse(m, addr, size),
             };
             let b = addr as *mut Block;
             let own = !(*seg).is_huge && (*seg).owner() == self.id();

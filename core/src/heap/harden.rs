@@ -94,7 +94,7 @@ impl Heap {
         let shuffle = self.harden.contains(Mitigations::SHUFFLE);
         // SAFETY: the caller's contract.
         unsafe {
-            let first = (*page).carved_end;
+            let first = (*page).start + (*page).carved;
             let rng = if shuffle { Some(&mut self.rng) } else { None };
             let n = (*page).extend(EXTEND_BYTES, rng);
             if self.harden.contains(Mitigations::ZERO) && !(*page).span_is_zero && n > 0 {

@@ -95,8 +95,9 @@ pub struct Heap {
 enum Found {
     /// A live block: its span descriptor and usable bytes.
     Block(*mut Span, usize),
-    /// Inside the heap but not a live block start.
-    Invalid(Misuse),
+    /// Inside the heap but not a live block start: what it looks like, and
+    /// the block size of the slab or large block it points into, if any.
+    Invalid(Misuse, Option<usize>),
 }
 
 impl Heap {
@@ -478,7 +479,7 @@ impl Heap {
             p.thread_free.reset();
             p.in_full = false;
             p.start = start;
-            p.carved_end = start;
+            p.carved = 0;
             p.tail = self.tail_bytes() as u8;
             p.secret = next_random(&mut self.rng) as usize;
             self.extend(page);
@@ -501,7 +502,7 @@ unsafe fn find_block(seg: *mut Segment, addr: usize) -> Found {
             if d.kind == SpanKind::Huge && d.start == addr {
                 return Found::Block(d as *const Span as *mut Span, d.usable());
             }
-            return Found::Invalid(Misuse::InvalidFree);
+            return Found::Invalid(Misuse::InvalidFree, Some(d.usable()));
         }
         let Some(page) = s.page_of(addr) else {
             // Freeing the first byte of a free span is most likely a block
@@ -511,11 +512,12 @@ unsafe fn find_block(seg: *mut Segment, addr: usize) -> Found {
                 && (HEADER_SLICES..SLICES_PER_SEGMENT).contains(&idx)
                 && s.slices[idx].kind == SpanKind::Free
                 && s.slices[idx].slice_offset == 0;
-            return Found::Invalid(if looks_freed {
+            let what = if looks_freed {
                 Misuse::DoubleFree
             } else {
                 Misuse::InvalidFree
-            });
+            };
+            return Found::Invalid(what, None);
         };
         let page = page as *const Span as *mut Span;
         match (*page).kind {
@@ -523,11 +525,11 @@ unsafe fn find_block(seg: *mut Segment, addr: usize) -> Found {
                 if (*page).is_carved_block(addr) {
                     Found::Block(page, (*page).usable())
                 } else {
-                    Found::Invalid(Misuse::InvalidFree)
+                    Found::Invalid(Misuse::InvalidFree, Some((*page).usable()))
                 }
             }
             SpanKind::Large if addr == (*page).start => Found::Block(page, (*page).usable()),
-            _ => Found::Invalid(Misuse::InvalidFree),
+            _ => Found::Invalid(Misuse::InvalidFree, Some((*page).usable())),
         }
     }
 }
