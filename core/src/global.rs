@@ -530,6 +530,12 @@ impl Global {
     /// `seg` is off the abandoned list, exclusively the caller's, and
     /// [`Segment::all_blocks_freed`] holds for it.
     unsafe fn release_abandoned(&self, seg: *mut Segment) {
+        if self.mitigations().contains(Mitigations::BITMAP) {
+            // SAFETY: the caller's contract.
+            if let Err(b) = unsafe { (*seg).check_remote_frees() } {
+                self.misuse(Misuse::DoubleFree, b, None);
+            }
+        }
         // SAFETY: the caller's contract.
         let freed = unsafe { (*seg).free_all_spans() };
         self.stats.sub_active(freed * SLICE_SIZE);

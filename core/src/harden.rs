@@ -68,10 +68,12 @@ bitflags! {
         /// size), so a dangling pointer of one size never lands inside a
         /// block of another size.
         const ISOLATE = 1 << 8;
-        /// Overflows off the end of big blocks and segments: a guard page
-        /// after every large and huge block, and after every segment, so a
-        /// linear overflow faults before it reaches a neighbour or the next
-        /// segment's header.
+        /// Overflows off the end of big blocks: an inaccessible guard page
+        /// after every large and huge block, so a linear overflow faults
+        /// before it reaches a neighbour. (Segments themselves are kept
+        /// apart by unmapped space when [`Mitigations::SHUFFLE`] places
+        /// them at random, so an overflow off a segment's end faults
+        /// before it reaches the next segment's header.)
         const LARGE_GUARDS = 1 << 9;
     }
 }

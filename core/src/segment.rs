@@ -350,6 +350,37 @@ impl Segment {
         all
     }
 
+    /// Checks the remote lists of a segment whose blocks were all freed by
+    /// other threads (the counts say so, see [`Segment::all_blocks_freed`])
+    /// against the live-block bitmap: every listed block must be a carved
+    /// block whose bit is set, and its bit is cleared. A block freed twice
+    /// shows up twice, and the count then hides a live block: the first
+    /// offending block is returned.
+    ///
+    /// # Safety
+    /// The caller holds the segment exclusively (off the abandoned list),
+    /// and no remote free is still in flight into it.
+    pub unsafe fn check_remote_frees(&mut self) -> Result<(), usize> {
+        // SAFETY: the caller's contract; each block is checked to be a
+        // carved block of its span before its link is read.
+        for (idx, _) in unsafe { Segment::spans(self) } {
+            let span: *const Span = &self.slices[idx];
+            unsafe {
+                if !matches!((*span).kind, SpanKind::Slab | SpanKind::Large) {
+                    continue;
+                }
+                let mut b = (*span).thread_free.peek();
+                for _ in 0..(*span).thread_free.count() {
+                    if !(*span).is_carved_block(b as usize) || !self.live.clear(b as usize) {
+                        return Err(b as usize);
+                    }
+                    b = next_of(b, (*span).secret);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Turns every used span into a dirty free span (the segment's blocks
     /// are all free) and returns how many slices that freed.
     pub fn free_all_spans(&mut self) -> usize {

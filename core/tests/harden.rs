@@ -289,3 +289,33 @@ fn slots_are_handed_out_in_random_order_with_shuffle() {
     assert!(consecutive_blocks_are_sequential(Mitigations::OFF));
     assert!(!consecutive_blocks_are_sequential(Mitigations::SHUFFLE));
 }
+
+/// A block of an exited thread freed twice by another thread while a
+/// second block stays live: the counts of remote frees then say the
+/// segment is empty. Releasing it would free the live block's memory;
+/// the bitmap check must stop it first.
+#[test]
+#[should_panic(expected = "apexalloc: fatal: double free (0x")]
+fn remote_double_free_never_releases_an_abandoned_segment_with_a_live_block() {
+    let (p, g) = common::instance_with_clock();
+    g.options
+        .purge_delay
+        .store(10, std::sync::atomic::Ordering::Relaxed);
+    let exiting = Heap::create(g).expect("heap");
+    // SAFETY: the heap is used only here.
+    let (a, b) = unsafe {
+        let h = &mut *exiting.as_ptr();
+        (h.malloc(64), h.malloc(64))
+    };
+    // SAFETY: nothing uses the heap afterwards; its blocks stay valid.
+    unsafe { Heap::destroy(exiting) };
+    let other = HeapBox::new(g);
+    // SAFETY: `a` freed twice is the attack; `b` stays live.
+    unsafe {
+        other.get().free(a);
+        other.get().free(a);
+    }
+    let _ = b;
+    p.advance(10_000);
+    other.get().decay();
+}
