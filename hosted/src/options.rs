@@ -11,6 +11,7 @@
 //! | `APEX_SHOW_STATS` | 0 | `1`: print a statistics line at exit, `apexalloc[program:pid]: ...`, on the stderr the program started with (even when the program has closed it) |
 //! | `APEX_STATS_FILE` | `stderr` | with `APEX_SHOW_STATS=1`: append the statistics line to this file instead (`%p` becomes the process id; a relative name is taken from the directory at start) |
 //! | `APEX_VERBOSE` | 0 | `1`: print the settings at start, once per process tree (this process's environment then reads `APEX_VERBOSE=S`, which its children inherit); `all`: in every process |
+//! | `APEX_HARDEN` | `default` | mitigations against heap exploitation: a preset, `off`, `default` or `full`, then single mitigations added with `+name` or removed with `-name`, comma-separated (`default,+zero,-shuffle`); names: `links`, `bitmap`, `foreign`, `guards`, `shuffle`, `canary`, `zero`, `quarantine`, `isolate`, `large-guards` (see the README's mitigation table) |
 //! | `APEX_PURGE_DELAY_MS` | 100 | how long a segment must go without new free memory before that memory is returned (deferred at most 8×; a reserve of a quarter of what a heap uses stays) |
 //! | `APEX_DECOMMIT` | `dontneed` | `free`: return memory with `MADV_FREE` instead of `MADV_DONTNEED` |
 //! | `APEX_THP` | 0 | `1`: ask for transparent huge pages on segments |
@@ -45,6 +46,8 @@
 use core::ffi::{c_char, CStr};
 use core::fmt::Write as _;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
+
+use apex_core::harden::Mitigations;
 
 use crate::report::{write_once, Line};
 use crate::{init, provider, GLOBAL};
@@ -82,7 +85,7 @@ impl Opt {
 
 /// Every `APEX_*` variable the library accepts; the listed ones first, in
 /// the README's order.
-pub static OPTIONS: [Opt; 11] = [
+pub static OPTIONS: [Opt; 12] = [
     Opt {
         name: "APEX_SHOW_STATS",
         default: "0",
@@ -124,6 +127,15 @@ pub static OPTIONS: [Opt; 11] = [
                 _ => b"0",
             })
         },
+    },
+    Opt {
+        name: "APEX_HARDEN",
+        default: "default",
+        meaning: "mitigations against heap exploitation: a preset, `off`, `default` or `full`, then single mitigations added with `+name` or removed with `-name`, comma-separated (`default,+zero,-shuffle`); names: `links`, `bitmap`, `foreign`, `guards`, `shuffle`, `canary`, `zero`, `quarantine`, `isolate`, `large-guards` (see the README's mitigation table)",
+        expected: "off, default or full, then +name or -name for single mitigations",
+        listed: true,
+        set: set_harden,
+        show: show_harden,
     },
     Opt {
         name: "APEX_PURGE_DELAY_MS",
@@ -270,6 +282,29 @@ pub static OPTIONS: [Opt; 11] = [
 
 /// `APEX_SHOW_STATS`: print statistics at exit.
 pub(crate) static SHOW_STATS: AtomicBool = AtomicBool::new(false);
+
+fn set_harden(v: &[u8]) -> bool {
+    let Ok(text) = core::str::from_utf8(v) else {
+        return false;
+    };
+    match Mitigations::parse(text) {
+        Ok(m) => {
+            GLOBAL.set_mitigations(m);
+            provider::RANDOM_PLACEMENT.store(m.contains(Mitigations::SHUFFLE), Ordering::Relaxed);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn show_harden(line: &mut Line<'_>) {
+    let m = GLOBAL.mitigations();
+    if let Some(name) = m.preset_name() {
+        line.push(name.as_bytes());
+        line.push(b":");
+    }
+    let _ = m.describe(line);
+}
 
 fn set_flag(flag: &AtomicBool, v: &[u8]) -> bool {
     let on = match v {
