@@ -60,8 +60,8 @@ pub struct Span {
     div_magic: u64,
     /// The slab's link secret (see [`crate::block`]), drawn per slab.
     pub secret: usize,
-    /// End of the blocks carved so far: `start + capacity * block_size`.
-    pub carved_end: usize,
+    /// Bytes of blocks carved so far: `capacity * block_size`.
+    pub carved: usize,
     // Cold fields.
     /// Blocks carved out of the span so far (the rest is untouched).
     pub capacity: u32,
@@ -112,7 +112,7 @@ const _: () = {
     assert!(offset_of!(Span, kind) == offset_of!(Span, slice_offset) + 2);
     assert!(offset_of!(Span, in_full) == offset_of!(Span, slice_offset) + 3);
     // The fields of the fast paths share the first cache line.
-    assert!(offset_of!(Span, carved_end) + 8 <= 64);
+    assert!(offset_of!(Span, carved) + 8 <= 64);
 };
 
 impl Span {
@@ -130,7 +130,7 @@ impl Span {
         block_size: 0,
         div_magic: 0,
         secret: 0,
-        carved_end: 0,
+        carved: 0,
         capacity: 0,
         reserved: 0,
         class: 0,
@@ -171,8 +171,9 @@ impl Span {
     /// else, in this slab or not, fails it).
     #[inline(always)]
     pub fn is_carved_block(&self, addr: usize) -> bool {
+        // One unsigned compare covers both ends.
         let off = addr.wrapping_sub(self.start);
-        addr < self.carved_end && addr >= self.start && self.is_block_offset(off)
+        off < self.carved && self.is_block_offset(off)
     }
 
     /// `slice_offset`, `kind` and `in_full` as one word, so the free fast
@@ -272,7 +273,7 @@ impl Span {
         }
         self.free = next;
         self.capacity += n;
-        self.carved_end = self.start + self.capacity as usize * bs;
+        self.carved = self.capacity as usize * bs;
         self.free_is_zero = self.span_is_zero;
         n
     }
@@ -348,7 +349,11 @@ impl Span {
             at,
         )?;
         let end = self.start + self.capacity as usize * self.block_size;
-        check(self.carved_end == end, "carved end disagrees with capacity", at)?;
+        check(
+            self.start + self.carved == end,
+            "carved bytes disagree with capacity",
+            at,
+        )?;
         let mut listed = 0u32;
         for head in [self.free, self.local_free] {
             let mut cur = head;
