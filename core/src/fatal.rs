@@ -83,7 +83,13 @@ impl Write for LineBuf {
 /// its usable size) or `unknown size` for a pointer outside the heap.
 pub fn format(line: &mut LineBuf, misuse: Misuse, ptr: usize, size: Option<usize>) {
     let _ = match size {
-        Some(n) => write!(line, "apexalloc: fatal: {} ({:#x}, {} B)", misuse.text(), ptr, n),
+        Some(n) => write!(
+            line,
+            "apexalloc: fatal: {} ({:#x}, {} B)",
+            misuse.text(),
+            ptr,
+            n
+        ),
         None => write!(
             line,
             "apexalloc: fatal: {} ({:#x}, unknown size)",
@@ -111,9 +117,15 @@ mod tests {
     fn report_lines_are_stable() {
         let mut l = LineBuf::new();
         format(&mut l, Misuse::DoubleFree, 0x7f00_0000_1040, Some(64));
-        assert_eq!(l.as_str(), "apexalloc: fatal: double free (0x7f0000001040, 64 B)");
+        assert_eq!(
+            l.as_str(),
+            "apexalloc: fatal: double free (0x7f0000001040, 64 B)"
+        );
         let mut l = LineBuf::new();
         format(&mut l, Misuse::InvalidFree, 0x1000, None);
-        assert_eq!(l.as_str(), "apexalloc: fatal: invalid free (0x1000, unknown size)");
+        assert_eq!(
+            l.as_str(),
+            "apexalloc: fatal: invalid free (0x1000, unknown size)"
+        );
     }
 }

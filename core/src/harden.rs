@@ -209,7 +209,10 @@ mod tests {
     #[test]
     fn unknown_words_are_rejected_whole() {
         assert_eq!(Mitigations::parse("fulll"), Err(UnknownWord("fulll")));
-        assert_eq!(Mitigations::parse("default,+zer0"), Err(UnknownWord("+zer0")));
+        assert_eq!(
+            Mitigations::parse("default,+zer0"),
+            Err(UnknownWord("+zer0"))
+        );
         // A preset after the first word would silently drop earlier flags.
         assert_eq!(Mitigations::parse("+zero,off"), Err(UnknownWord("off")));
     }

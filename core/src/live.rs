@@ -99,9 +99,7 @@ impl LiveMap {
     /// Whether no bit of `[start, end)` (16-aligned, inside the segment)
     /// is set; used by the self-check.
     pub fn none_in(&self, start: usize, end: usize) -> bool {
-        (start..end)
-            .step_by(MIN_ALIGN)
-            .all(|a| !self.is_set(a))
+        (start..end).step_by(MIN_ALIGN).all(|a| !self.is_set(a))
     }
 }
 

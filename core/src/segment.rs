@@ -361,10 +361,11 @@ impl Segment {
     /// The caller holds the segment exclusively (off the abandoned list),
     /// and no remote free is still in flight into it.
     pub unsafe fn check_remote_frees(&mut self) -> Result<(), usize> {
-        // SAFETY: the caller's contract; each block is checked to be a
-        // carved block of its span before its link is read.
+        // SAFETY: the caller holds the segment, so its tiling is stable.
         for (idx, _) in unsafe { Segment::spans(self) } {
             let span: *const Span = &self.slices[idx];
+            // SAFETY: the caller's contract; each block is checked to be a
+            // carved block of its span before its link is read.
             unsafe {
                 if !matches!((*span).kind, SpanKind::Slab | SpanKind::Large) {
                     continue;
@@ -433,7 +434,8 @@ impl Segment {
                     let (mut b, n) = (*span).thread_free.take();
                     for _ in 0..n {
                         if check_live
-                            && (!(*span).is_carved_block(b as usize) || !self.live.clear(b as usize))
+                            && (!(*span).is_carved_block(b as usize)
+                                || !self.live.clear(b as usize))
                         {
                             return Err(b as usize);
                         }

@@ -192,7 +192,9 @@ fn abandoned_segments_whose_blocks_were_all_freed_are_released() {
     // The blocks were freed remotely and never collected one by one: the
     // recycled segment must still come back with a clear live-block
     // bitmap (a stale bit would read as a forged free list).
-    let again: Vec<*mut u8> = (0..3000).map(|i| other.malloc(16 + (i % 300) * 40)).collect();
+    let again: Vec<*mut u8> = (0..3000)
+        .map(|i| other.malloc(16 + (i % 300) * 40))
+        .collect();
     assert!(again.iter().all(|b| !b.is_null()));
     for b in again {
         // SAFETY: live blocks, freed once.

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::collections::HashSet;
-
 use apex_core::harden::Mitigations;
 use apex_core::{usable_size, Global, Heap};
 use common::{instance, HeapBox};

@@ -180,7 +180,10 @@ fn shadow_model_seed_2() {
 
 #[test]
 fn shadow_model_under_every_preset() {
-    for (i, m) in [Mitigations::OFF, Mitigations::FULL].into_iter().enumerate() {
+    for (i, m) in [Mitigations::OFF, Mitigations::FULL]
+        .into_iter()
+        .enumerate()
+    {
         run_model_with(0x5eed_0000_0000_0001 + i as u64, 10_000, m);
     }
 }

@@ -20,7 +20,9 @@ impl Heap {
         unsafe {
             let check = self.harden.contains(crate::harden::Mitigations::BITMAP);
             let global = self.global;
-            let guarded = self.harden.contains(crate::harden::Mitigations::LARGE_GUARDS);
+            let guarded = self
+                .harden
+                .contains(crate::harden::Mitigations::LARGE_GUARDS);
             let unguard = |d: &Span| {
                 let span_end = d.start + d.slice_count as usize * SLICE_SIZE;
                 let block_end = d.start + d.block_size;

@@ -6,8 +6,8 @@ use core::sync::atomic::Ordering;
 
 use crate::block::{next_of, Block};
 use crate::fatal::Misuse;
-use crate::layout::{segment_base_of, SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE};
 use crate::harden::Mitigations;
+use crate::layout::{segment_base_of, SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE};
 use crate::remote::{Notify, RemotePush};
 use crate::segment::{segment_of, Segment, HEADER_SLICES};
 use crate::segment_map;

@@ -154,7 +154,8 @@ impl Heap {
                 }
                 if !(*seg).live.clear(b as usize) {
                     let size = (*page).block_size;
-                    self.global.misuse(Misuse::DoubleFree, b as usize, Some(size));
+                    self.global
+                        .misuse(Misuse::DoubleFree, b as usize, Some(size));
                 }
                 b = next_of(b, (*page).secret);
             }
@@ -226,9 +227,7 @@ impl Heap {
                 self.global
                     .misuse(Misuse::DoubleFree, b as usize, Some((*page).usable()));
             }
-            let old = self
-                .quarantine
-                .push(b as usize | own_bit_cleared as usize);
+            let old = self.quarantine.push(b as usize | own_bit_cleared as usize);
             if old != 0 {
                 self.free_small_now(old);
             }

@@ -18,17 +18,16 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering;
 
 use crate::bins::SpanBins;
+use crate::block::Block;
 use crate::fatal::Misuse;
-use crate::harden::Mitigations;
 use crate::global::Global;
+use crate::harden::Mitigations;
 use crate::layout::{
-    segment_base_of, MAX_CLASS_SIZE, MIN_ALIGN, SLICES_PER_SEGMENT, SLICE_SHIFT,
-    SLICE_SIZE,
+    segment_base_of, MAX_CLASS_SIZE, MIN_ALIGN, SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE,
 };
 use crate::list::List;
 use crate::queues::SlabQueues;
 use crate::remote::{DelayedList, Notify};
-use crate::block::Block;
 use crate::segment::{segment_of, Segment, HEADER_SLICES};
 use crate::segment_map;
 use crate::size_class::{class_for_aligned, class_of, CLASSES, DIRECT_MAX, NUM_CLASSES};
