@@ -110,6 +110,12 @@ workspace_tests() {
     cargo test --workspace --no-fail-fast
 }
 
+# The default preset runs in `workspace_tests`; the strictest one must keep
+# real programs and the whole C API working too.
+full_hardening_tests() {
+    APEX_HARDEN=full cargo test -p apex-system-tests --test real_programs --test c_api
+}
+
 qemu_tests() {
     cd qemu
     cargo test
@@ -130,6 +136,7 @@ run_stage "format (cargo fmt --check)" check_format
 run_stage "lint (cargo clippy -D warnings)" lint
 run_stage "documentation (cargo doc)" build_docs
 run_stage "workspace tests (core, hosted, bare-metal, system)" workspace_tests
+run_stage "real programs and C API under APEX_HARDEN=full" full_hardening_tests
 run_stage "test kernels under QEMU" qemu_tests
 run_stage "benchmark suite smoke pass" bench_smoke
 summary
