@@ -317,3 +317,33 @@ fn remote_double_free_never_releases_an_abandoned_segment_with_a_live_block() {
     p.advance(10_000);
     other.get().decay();
 }
+
+/// An exited thread's large block freed by another thread, then its
+/// segment adopted: the remote-free check of the adoption accepts it.
+#[test]
+fn adopting_a_segment_with_a_remotely_freed_large_block() {
+    let (_g, hb) = heap_with(Mitigations::DEFAULT);
+    let g = _g;
+    let exiting = Heap::create(g).expect("heap");
+    // SAFETY: the heap is used only here.
+    let (big, small) = unsafe {
+        let h = &mut *exiting.as_ptr();
+        (h.malloc(700 * 1024), h.malloc(64))
+    };
+    // SAFETY: nothing uses the heap afterwards; its blocks stay valid.
+    unsafe { Heap::destroy(exiting) };
+    let other = hb.get();
+    // SAFETY: live blocks, freed once, from another heap.
+    unsafe {
+        other.free(big);
+        other.free(small);
+    }
+    // Enough to need a segment: the abandoned one is adopted and swept.
+    let v: Vec<*mut u8> = (0..2000).map(|_| other.malloc(4000)).collect();
+    assert!(v.iter().all(|p| !p.is_null()));
+    assert!(apex_core::snapshot(g).adopted_total >= 1);
+    for p in v {
+        // SAFETY: live blocks, freed once.
+        unsafe { other.free(p) };
+    }
+}

@@ -62,6 +62,8 @@ impl Heap {
             let p = &mut (*seg).slices[idx];
             p.start = (*seg).slice_addr(idx);
             p.set_block_size(n * SLICE_SIZE - guard);
+            // Its one block is carved: remote-free checks accept its start.
+            p.carved = p.block_size;
             p.tail = 0;
             if guard != 0 {
                 self.global.protect(p.start + p.block_size, guard, false);
