@@ -42,6 +42,11 @@ RUST_DIR = HERE / "rust-workload"
 REAL_DIR = HERE / "real"
 
 PRELOAD_ALLOCATORS = ["glibc", "jemalloc", "tcmalloc", "mimalloc", "apexalloc"]
+# ApexAlloc under another hardening preset (the same library, with
+# APEX_HARDEN set): not run by default; name them in --allocators to measure
+# what a preset costs (e.g. --allocators apexalloc-off,apexalloc,apexalloc-full).
+HARDEN_VARIANTS = {"apexalloc-off": "off", "apexalloc-full": "full"}
+PRELOAD_ALLOCATORS_ALL = PRELOAD_ALLOCATORS + list(HARDEN_VARIANTS)
 RUST_ALLOCATORS = ["system", "mimalloc", "apexalloc"]
 
 # Debian package and file name of each preloadable allocator.
@@ -59,6 +64,8 @@ COLOURS = {
     "tcmalloc": "#2ca02c",
     "mimalloc": "#ff7f0e",
     "apexalloc": "#d62728",
+    "apexalloc-off": "#ff9896",
+    "apexalloc-full": "#8c1d1d",
 }
 
 # name -> (source file, extra compiler flags, description)
@@ -333,6 +340,8 @@ class Context:
         lib = self.libs.get(allocator)
         if lib:
             env["LD_PRELOAD"] = lib
+        if allocator in HARDEN_VARIANTS:
+            env["APEX_HARDEN"] = HARDEN_VARIANTS[allocator]
         if extra:
             env.update(extra)
         return env
@@ -348,7 +357,7 @@ class Workload:
         self.unavailable = None  # reason, when it cannot run here
 
     def allocators(self, selected):
-        return [a for a in selected if a in PRELOAD_ALLOCATORS]
+        return [a for a in selected if a in PRELOAD_ALLOCATORS_ALL]
 
     def prepare(self, ctx):
         """Build or generate inputs; set self.unavailable on failure."""
@@ -844,14 +853,14 @@ def resolve_allocators(ctx, wanted, probe):
     """Fill ctx.libs for the preload allocators that can be used here and
     return their names (in the canonical order)."""
     usable = []
-    for a in PRELOAD_ALLOCATORS:
+    for a in PRELOAD_ALLOCATORS_ALL:
         if a not in wanted:
             continue
         if a == "glibc":
             ctx.libs[a] = None
             usable.append(a)
             continue
-        if a == "apexalloc":
+        if a == "apexalloc" or a in HARDEN_VARIANTS:
             lib = str(Path(ctx.args.apex_lib).resolve())
             if not os.path.exists(lib):
                 log("apexalloc: %s not found, skipping apexalloc "
@@ -1196,7 +1205,7 @@ def parse_args(argv):
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     args.allocators = [a.strip() for a in args.allocators.split(",") if a.strip()]
     bad = [w for w in args.workloads if w not in ALL_WORKLOADS]
-    bad += [a for a in args.allocators if a not in PRELOAD_ALLOCATORS + RUST_ALLOCATORS]
+    bad += [a for a in args.allocators if a not in PRELOAD_ALLOCATORS_ALL + RUST_ALLOCATORS]
     if bad:
         p.error("unknown workload/allocator: %s" % ", ".join(bad))
     if args.runs < 1 or args.threads < 1 or args.scale <= 0:
