@@ -7,9 +7,14 @@
 //! Layers, each depending only on those above it in this list (a test,
 //! `layers_depend_only_downward`, keeps it so):
 //! - [`provider`]: the page-provider contract; [`fatal`], [`options`],
-//!   [`stats`];
+//!   [`harden`] (the mitigation flags and presets); [`stats`];
+//! - [`strategy`]: the classic engines (fit policies over boundary-tagged
+//!   free lists, segregated lists, a byte buddy, pools and slab caches), a
+//!   family of their own over any page provider, sharing nothing with the
+//!   layers below;
 //! - [`layout`], [`size_class`]: geometry and size classes;
-//! - [`list`]: the one intrusive list type;
+//! - [`list`]: the one intrusive list type; [`live`]: the live-block
+//!   bitmap;
 //! - [`block`]: free blocks and their encoded links;
 //! - [`remote`]: remote frees (the thread-free word, the notify protocol,
 //!   delayed frees);
@@ -23,12 +28,12 @@
 //! - [`global`]: state shared by heaps, huge blocks, provider calls;
 //! - [`heap`]: per-thread/per-CPU heaps, the allocation and free paths.
 //!
-//! Hardening built in from the start: free-list links are encoded with a
-//! secret key and their own address; links leaving their segment are
-//! reported as corruption; frees of pointers that are not live block starts
-//! are reported as invalid or double frees; segment headers carry a keyed
-//! cookie. Reports go through [`provider::PageProvider::fatal`] as one line
-//! starting `apexalloc: fatal: `.
+//! Hardening runs through every layer, selected at run time by
+//! [`harden::Mitigations`] (presets `off`, `default`, `full`): checked
+//! free-list links, the live-block bitmap, guard pages, shuffled carving,
+//! canaries, zeroing, quarantines and size-class isolation. Reports go
+//! through [`provider::PageProvider::fatal`] as one line,
+//! `apexalloc: fatal: <what> (<address>, <size>)`.
 
 #![cfg_attr(not(test), no_std)]
 
@@ -54,6 +59,7 @@ pub mod segment_map;
 pub mod size_class;
 pub mod span;
 pub mod stats;
+pub mod strategy;
 
 pub use global::Global;
 pub use heap::{owns, snapshot, usable_size, Heap};
@@ -72,6 +78,7 @@ mod layering {
         "options",
         "harden",
         "stats",
+        "strategy",
         "list",
         "live",
         "block",

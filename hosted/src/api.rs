@@ -8,7 +8,7 @@ use apex_core::layout::MIN_ALIGN;
 use apex_core::{Heap, Snapshot};
 
 use crate::thread::{from_shared, own_heap, with_heap};
-use crate::{bootstrap, init, GLOBAL};
+use crate::{bootstrap, init, strategy, GLOBAL};
 
 /// Allocates `size` bytes (16-byte aligned); null when out of memory.
 ///
@@ -35,6 +35,9 @@ fn try_malloc_fast(size: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn malloc_slow(size: usize) -> *mut u8 {
+    if strategy::classic() {
+        return strategy::alloc(size, MIN_ALIGN, false);
+    }
     or_shared(
         with_heap(|h| h.malloc(size), || bootstrap::alloc(size, MIN_ALIGN)),
         |h| h.malloc(size),
@@ -77,6 +80,9 @@ fn malloc_slow_c(size: usize) -> *mut u8 {
 /// Allocates `size` zeroed bytes.
 #[inline]
 pub fn zalloc(size: usize) -> *mut u8 {
+    if strategy::classic() {
+        return strategy::alloc(size, MIN_ALIGN, true);
+    }
     // Arena memory is never reused, so it is still zero.
     or_shared(
         with_heap(|h| h.zalloc(size), || bootstrap::alloc(size, MIN_ALIGN)),
@@ -87,6 +93,9 @@ pub fn zalloc(size: usize) -> *mut u8 {
 /// Allocates `size` bytes aligned to `align` (a power of two).
 #[inline]
 pub fn malloc_aligned(size: usize, align: usize) -> *mut u8 {
+    if strategy::classic() {
+        return strategy::alloc(size, align, false);
+    }
     or_shared(
         with_heap(
             |h| h.malloc_aligned(size, align),
@@ -99,6 +108,9 @@ pub fn malloc_aligned(size: usize, align: usize) -> *mut u8 {
 /// Allocates `size` zeroed bytes aligned to `align` (a power of two).
 #[inline]
 pub fn zalloc_aligned(size: usize, align: usize) -> *mut u8 {
+    if strategy::classic() {
+        return strategy::alloc(size, align, true);
+    }
     or_shared(
         with_heap(
             |h| h.zalloc_aligned(size, align),
@@ -130,6 +142,10 @@ pub unsafe fn free(p: *mut u8) {
 #[cold]
 #[inline(never)]
 unsafe fn free_slow(p: *mut u8) {
+    if strategy::classic() {
+        // SAFETY: forwarded from the caller.
+        return unsafe { strategy::free(p) };
+    }
     // Bootstrap-arena blocks are not in any segment, so the core treats
     // them as foreign and ignores them, as it should.
     // SAFETY: forwarded from the caller. A block freed while this thread
@@ -162,6 +178,10 @@ pub unsafe fn realloc_aligned(p: *mut u8, align: usize, size: usize) -> *mut u8 
         }
         return q;
     }
+    if strategy::classic() {
+        // SAFETY: forwarded from the caller.
+        return unsafe { strategy::realloc(p, align, size) };
+    }
     // SAFETY: forwarded from the caller.
     let q = with_heap(
         |h| unsafe { h.realloc_aligned(p, align, size) },
@@ -192,6 +212,10 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
     if bootstrap::contains(p) {
         return bootstrap::size_of(p);
     }
+    if strategy::classic() {
+        // SAFETY: forwarded from the caller.
+        return unsafe { strategy::usable_size(p) };
+    }
     // SAFETY: forwarded from the caller.
     unsafe { apex_core::usable_size(p) }
 }
@@ -202,11 +226,18 @@ pub fn trim() -> bool {
     if !init::is_ready() {
         return false;
     }
+    if strategy::classic() {
+        // The engines give the top of the break back as it frees.
+        return true;
+    }
     with_heap(|h| h.release_now(), || ());
     true
 }
 
 /// Counters summed over all heaps.
 pub fn stats() -> Snapshot {
+    if strategy::classic() {
+        return strategy::stats();
+    }
     apex_core::snapshot(&GLOBAL)
 }

@@ -46,6 +46,7 @@ pub(crate) fn ensure_global() {
     STATE.store(READY, Ordering::Release);
     // These may allocate, which works normally from here on.
     thread::register_fork_handlers();
+    crate::strategy::start();
     options::print_settings_if_asked();
     start_background_purge();
 }

@@ -27,6 +27,7 @@ mod init;
 pub mod options;
 pub mod provider;
 pub mod report;
+mod strategy;
 mod thread;
 pub mod tls;
 

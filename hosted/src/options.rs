@@ -18,6 +18,8 @@
 //! | `APEX_SEGMENT_CACHE` | 8 | empty segments and freed huge blocks kept for reuse |
 //! | `APEX_HUGE_CACHE_MB` | 256 | resident bytes of freed huge blocks and empty segments kept for reuse (decommitted after the purge delay) |
 //! | `APEX_BACKGROUND_PURGE_MS` | 0 | run a background thread this often that returns cached and abandoned memory (and the shared heap's), so a process that goes quiet after a burst gives memory back; 0: no thread |
+//! | `APEX_STRATEGY` | `apex` | the allocation engine: `apex` (the default design), or a classic one, `first-fit`, `next-fit`, `best-fit`, `worst-fit`, `seglist` or `buddy`: one heap for the process under one lock, in the program break (see docs/strategies.md); an unknown name is reported and `apex` kept |
+//! | `APEX_MMAP_THRESHOLD` | 131072 | with a classic `APEX_STRATEGY`: requests of this many bytes or more get a mapping of their own; smaller ones come from the engine |
 //!
 //! Start-up walks `environ` once, without allocating:
 //! - a listed name with a valid value sets its option; an empty value
@@ -85,7 +87,7 @@ impl Opt {
 
 /// Every `APEX_*` variable the library accepts; the listed ones first, in
 /// the README's order.
-pub static OPTIONS: [Opt; 12] = [
+pub static OPTIONS: [Opt; 14] = [
     Opt {
         name: "APEX_SHOW_STATS",
         default: "0",
@@ -249,6 +251,36 @@ pub static OPTIONS: [Opt; 12] = [
         },
         show: |l| {
             let _ = write!(l, "{}", init::BACKGROUND_PURGE_MS.load(Ordering::Relaxed));
+        },
+    },
+    Opt {
+        name: "APEX_STRATEGY",
+        default: "apex",
+        meaning: "the allocation engine: `apex` (the default design), or a classic one, `first-fit`, `next-fit`, `best-fit`, `worst-fit`, `seglist` or `buddy`: one heap for the process under one lock, in the program break (see docs/strategies.md); an unknown name is reported and `apex` kept",
+        expected: "apex, first-fit, next-fit, best-fit, worst-fit, seglist or buddy",
+        listed: true,
+        set: crate::strategy::set,
+        show: |l| l.push(crate::strategy::name().as_bytes()),
+    },
+    Opt {
+        name: "APEX_MMAP_THRESHOLD",
+        default: "131072",
+        meaning: "with a classic `APEX_STRATEGY`: requests of this many bytes or more get a mapping of their own; smaller ones come from the engine",
+        expected: "a whole number of bytes",
+        listed: true,
+        set: |v| match number(v).and_then(|n| usize::try_from(n).ok()) {
+            Some(n) => {
+                crate::strategy::MMAP_THRESHOLD.store(n, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        },
+        show: |l| {
+            let _ = write!(
+                l,
+                "{}",
+                crate::strategy::MMAP_THRESHOLD.load(Ordering::Relaxed)
+            );
         },
     },
     Opt {
@@ -572,12 +604,10 @@ mod tests {
             let mut line = Line::new(&mut buf);
             o.show(&mut line);
             let shown = line.finish();
-            assert_eq!(
-                &shown[..shown.len() - 1],
-                o.default.as_bytes(),
-                "{}",
-                o.name
-            );
+            let shown = &shown[..shown.len() - 1];
+            // A preset is shown with its flags after a colon.
+            let value = shown.split(|&c| c == b':').next().unwrap_or(shown);
+            assert_eq!(value, o.default.as_bytes(), "{}", o.name);
         }
     }
 }
