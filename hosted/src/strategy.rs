@@ -368,6 +368,10 @@ fn in_engine(size: usize, align: usize) -> bool {
 }
 
 /// `malloc` and the aligned functions (`align` a power of two).
+// Out of line: the default engine's paths test `classic()` and must not
+// carry a classic engine's frame.
+#[cold]
+#[inline(never)]
 pub(crate) fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     if in_engine(size, align) {
         let p = with(|h| {
@@ -397,6 +401,10 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
 ///
 /// # Safety
 /// `p` must be null, foreign, or a live block, not used afterwards.
+// Out of line: the default engine's paths test `classic()` and must not
+// carry a classic engine's frame.
+#[cold]
+#[inline(never)]
 pub(crate) unsafe fn free(p: *mut u8) {
     if p.is_null() || bootstrap::contains(p) {
         return;
@@ -422,6 +430,10 @@ pub(crate) unsafe fn free(p: *mut u8) {
 ///
 /// # Safety
 /// `p` must be null, foreign, or a live block.
+// Out of line: the default engine's paths test `classic()` and must not
+// carry a classic engine's frame.
+#[cold]
+#[inline(never)]
 pub(crate) unsafe fn usable_size(p: *const u8) -> usize {
     if p.is_null() {
         return 0;
@@ -447,6 +459,10 @@ pub(crate) unsafe fn usable_size(p: *const u8) -> usize {
 ///
 /// # Safety
 /// `p` must be a live block (allocated with `align`) or foreign.
+// Out of line: the default engine's paths test `classic()` and must not
+// carry a classic engine's frame.
+#[cold]
+#[inline(never)]
 pub(crate) unsafe fn realloc(p: *mut u8, align: usize, size: usize) -> *mut u8 {
     let small = in_engine(size, align);
     let r = with(|h| {
@@ -585,6 +601,10 @@ extern "C" fn report_at_exit() {
 /// The statistics of the classic engine and the mapped blocks, in the
 /// default engine's terms (no segments: the engine's footprint stands for
 /// the spans).
+// Out of line: the default engine's paths test `classic()` and must not
+// carry a classic engine's frame.
+#[cold]
+#[inline(never)]
 pub(crate) fn stats() -> Snapshot {
     let s = with(|h| h.stats());
     let mapped = MAPPED_BYTES.load(Ordering::Relaxed);

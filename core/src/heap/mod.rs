@@ -554,10 +554,22 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
         if (*d).kind == SpanKind::Slab && (*d).slice_offset == 0 && (*d).is_carved_block(addr) {
             return (*d).usable();
         }
-        match find_block(seg as *mut Segment, addr) {
-            Found::Block(_, usable) => usable,
-            _ => 0,
-        }
+        usable_size_slow(seg as *mut Segment, addr)
+    }
+}
+
+/// [`usable_size`] of everything but a block in a slab's first slice; out
+/// of line, so the common case needs no stack frame.
+///
+/// # Safety
+/// `seg` is the live segment holding `addr`.
+#[cold]
+#[inline(never)]
+unsafe fn usable_size_slow(seg: *mut Segment, addr: usize) -> usize {
+    // SAFETY: the caller's contract.
+    match unsafe { find_block(seg, addr) } {
+        Found::Block(_, usable) => usable,
+        _ => 0,
     }
 }
 
