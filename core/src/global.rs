@@ -563,6 +563,10 @@ impl Global {
     /// Allocates a block of `size` bytes aligned to `align` in a segment of
     /// its own. Returns the block and whether it is known to be zeroed.
     pub fn alloc_huge(&self, size: usize, align: usize) -> Option<(*mut u8, bool)> {
+        // A block of no bytes still needs a byte of its own: at the end of
+        // its reservation it would share its address with whatever is
+        // mapped next.
+        let size = size.max(1);
         let header = HEADER_SLICES * SLICE_SIZE;
         let caps = self.caps();
         let harden = self.mitigations();

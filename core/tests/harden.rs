@@ -347,3 +347,28 @@ fn adopting_a_segment_with_a_remotely_freed_large_block() {
         unsafe { other.free(p) };
     }
 }
+
+/// A zero-byte block with a huge alignment lies inside its own
+/// reservation, not one past its end.
+#[test]
+fn zero_byte_huge_aligned_block_is_inside_its_reservation() {
+    let (_g, hb) = heap_with(Mitigations::DEFAULT);
+    let heap = hb.get();
+    // Several at once: the bad case needs a reservation that happens to
+    // start on the alignment.
+    let align = 64usize << 20;
+    let blocks: Vec<*mut u8> = (0..12).map(|_| heap.malloc_aligned(0, align)).collect();
+    for &p in &blocks {
+        assert!(!p.is_null());
+        assert_eq!(p as usize % align, 0);
+        // SAFETY: a live block of at least one byte.
+        unsafe {
+            assert!(usable_size(p) >= 1, "{p:?} has no byte of its own");
+            *p = 7;
+        }
+    }
+    for p in blocks {
+        // SAFETY: live blocks, freed once.
+        unsafe { heap.free(p) };
+    }
+}
