@@ -47,10 +47,20 @@ timeout --foreground "${QEMU_TIMEOUT:-60}" \
     </dev/null
 rc=$?
 
-# defmt frames (COM2) are decoded only if a decoder happens to be installed.
-if [[ -s $defmt_out ]] && command -v defmt-print >/dev/null 2>&1; then
-    echo "--- defmt log ---"
-    defmt-print -e "$kernel" <"$defmt_out" || true
+# defmt frames (COM2, kernels built with --features defmt) are decoded with
+# defmt-print into <kernel>.defmt.txt, and shown when the kernel failed (or
+# always with QEMU_DEFMT=1).
+if [[ -s $defmt_out ]]; then
+    if command -v defmt-print >/dev/null 2>&1; then
+        defmt-print -e "$kernel" <"$defmt_out" >"$defmt_out.txt" 2>&1 || true
+        if [[ $rc != "$SUCCESS" || ${QEMU_DEFMT:-0} == 1 ]]; then
+            echo "--- defmt log ($defmt_out.txt) ---"
+            cat "$defmt_out.txt"
+        fi
+    elif [[ $rc != "$SUCCESS" ]]; then
+        echo "run.sh: $(wc -c <"$defmt_out") bytes of defmt frames in $defmt_out;" \
+            "install defmt-print (cargo install defmt-print) to see them decoded here" >&2
+    fi
 fi
 
 case $rc in

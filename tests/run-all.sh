@@ -121,6 +121,15 @@ qemu_tests() {
     cargo test
 }
 
+# The kernel-heap benchmark shapes (talc's random actions and heap
+# efficiency) check every shape on every allocator in their tests.
+kernel_shapes_tests() {
+    cd tests/bench/kernel-shapes
+    cargo fmt --check
+    cargo clippy --release --all-targets -- -D warnings
+    cargo test --release
+}
+
 bench_smoke() {
     python3 tests/bench/run.py --smoke --require-apex --out target/bench-smoke
 }
@@ -138,5 +147,6 @@ run_stage "documentation (cargo doc)" build_docs
 run_stage "workspace tests (core, hosted, bare-metal, system)" workspace_tests
 run_stage "real programs and C API under APEX_HARDEN=full" full_hardening_tests
 run_stage "test kernels under QEMU" qemu_tests
+run_stage "kernel heap benchmark shapes (host)" kernel_shapes_tests
 run_stage "benchmark suite smoke pass" bench_smoke
 summary

@@ -1,7 +1,7 @@
 //! A buddy page allocator over physical memory regions.
 //!
 //! Memory is handed over as page-aligned RAM ranges ([`Buddy::add_region`]).
-//! Each region gives up its first few pages to a metadata array holding one
+//! Each region gives up its last few pages to a metadata array holding one
 //! state byte per managed page; the rest is cut into naturally aligned
 //! power-of-two blocks of [`PAGE_SIZE`] `<< order` bytes, for orders
 //! `0..=`[`MAX_ORDER`] (4 KiB to 64 MiB).
@@ -85,6 +85,50 @@ pub const fn order_for_align(align: usize) -> Option<usize> {
     }
 }
 
+/// Reservations of more pages than this give back the unused tail of their
+/// power-of-two block ([`Buddy::alloc_len`]); smaller ones keep it (a few
+/// pages at most, and one block is cheaper to track).
+pub const TRIM_ABOVE_PAGES: usize = 16;
+
+/// Pages that hold `len` bytes (at least one).
+const fn pages_of(len: usize) -> usize {
+    if len == 0 {
+        1
+    } else {
+        len.div_ceil(PAGE_SIZE)
+    }
+}
+
+/// Whether a reservation of `pages` pages in a block of `order` is trimmed.
+const fn trims(pages: usize, order: usize) -> bool {
+    pages > TRIM_ABOVE_PAGES && pages < 1 << order
+}
+
+/// Candidate starts of a reservation above the largest block are at least
+/// this far apart.
+const RUN_STEP: usize = 2 << 20;
+
+/// The blocks `(address, order)` that `[addr, addr + pages)` is cut into:
+/// at each address the largest block aligned there that fits. For a range
+/// starting at the start of a power-of-two block that holds it, that is
+/// one block per set bit of `pages`, largest first.
+fn range_blocks(addr: usize, pages: usize) -> impl Iterator<Item = (usize, usize)> {
+    let end = addr + pages * PAGE_SIZE;
+    let mut at = addr;
+    core::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        let mut k = MAX_ORDER;
+        while !at.is_multiple_of(block_size(k)) || end - at < block_size(k) {
+            k -= 1;
+        }
+        let block = (at, k);
+        at += block_size(k);
+        Some(block)
+    })
+}
+
 /// `ceil(log2(n))` for `n >= 1`.
 const fn ceil_log2(n: usize) -> usize {
     if n <= 1 {
@@ -113,22 +157,24 @@ struct FreeNode {
     prev: usize,
 }
 
-/// One managed range: `[meta, base)` holds the state bytes of `[base, end)`.
+/// One managed range: `[base, end)` are the managed pages, `[end, top)`
+/// holds their state bytes. The state bytes sit at the end so that a range
+/// aligned at its start keeps its largest blocks whole.
 #[derive(Clone, Copy, Debug)]
 struct Region {
-    /// Start of the page-aligned range, where the state bytes live.
-    meta: usize,
-    /// First managed page.
+    /// First managed page, the start of the page-aligned range.
     base: usize,
-    /// End of the managed pages (exclusive).
+    /// End of the managed pages (exclusive), where the state bytes start.
     end: usize,
+    /// End of the page-aligned range.
+    top: usize,
 }
 
 impl Region {
     const EMPTY: Region = Region {
-        meta: 0,
         base: 0,
         end: 0,
+        top: 0,
     };
 
     #[inline]
@@ -140,7 +186,7 @@ impl Region {
     #[inline]
     fn state_ptr(&self, addr: usize) -> *mut u8 {
         debug_assert!(self.contains(addr));
-        (self.meta + (addr - self.base) / PAGE_SIZE) as *mut u8
+        (self.end + (addr - self.base) / PAGE_SIZE) as *mut u8
     }
 }
 
@@ -214,8 +260,9 @@ impl Buddy {
 
     /// Hands the pages of `[start, start + len)` to the allocator and returns
     /// how many bytes became allocatable. The range is shrunk to whole pages;
-    /// a page at address 0 is left out. Its first pages (about 1/4096 of it)
-    /// hold the state bytes.
+    /// a page at address 0 is left out. Its last pages (about 1/4096 of it)
+    /// hold the state bytes, so a range aligned at its start keeps its
+    /// largest blocks.
     ///
     /// To leave holes (the kernel image, firmware data), call this once per
     /// usable piece; [`crate::ranges::for_each_usable`] computes the pieces.
@@ -242,11 +289,11 @@ impl Buddy {
         }
 
         // Sorted insertion point, then the overlap check against neighbours.
-        let idx = self.regions[..self.nregions].partition_point(|r| r.meta < lo);
-        if idx > 0 && self.regions[idx - 1].end > lo {
+        let idx = self.regions[..self.nregions].partition_point(|r| r.base < lo);
+        if idx > 0 && self.regions[idx - 1].top > lo {
             return Err(RegionError::Overlap);
         }
-        if idx < self.nregions && self.regions[idx].meta < hi {
+        if idx < self.nregions && self.regions[idx].base < hi {
             return Err(RegionError::Overlap);
         }
         if self.nregions == MAX_REGIONS {
@@ -254,13 +301,13 @@ impl Buddy {
         }
 
         let region = Region {
-            meta: lo,
-            base: lo + meta_pages * PAGE_SIZE,
-            end: hi,
+            base: lo,
+            end: hi - meta_pages * PAGE_SIZE,
+            top: hi,
         };
         // SAFETY: the caller gives us [lo, hi) exclusively; the state bytes
-        // occupy its first `managed` bytes, which fit in `meta_pages` pages.
-        unsafe { ptr::write_bytes(region.meta as *mut u8, 0, managed) };
+        // occupy the first `managed` bytes of its last `meta_pages` pages.
+        unsafe { ptr::write_bytes(region.end as *mut u8, 0, managed) };
         self.regions.copy_within(idx..self.nregions, idx + 1);
         self.regions[idx] = region;
         self.nregions += 1;
@@ -328,11 +375,136 @@ impl Buddy {
         Some(addr)
     }
 
-    /// Allocates at least `len` bytes (rounded up to a power-of-two number of
-    /// pages) aligned to `align` (a power of two). Free it with
-    /// [`Buddy::free_len`] and the same `len`.
+    /// Allocates `len` bytes aligned to `align` (a power of two). Up to
+    /// [`TRIM_ABOVE_PAGES`] pages the block is the power of two that holds
+    /// `len`; above, only the pages `len` needs stay allocated (a run of
+    /// blocks, one per set bit of the page count, largest first) and the
+    /// rest of the power-of-two block goes back to the free lists, so a
+    /// 40 MiB request takes 40 MiB, not 64. Above the largest block the
+    /// reservation is a run of free blocks found by a linear search
+    /// (`alloc_run`). Free it with [`Buddy::free_len`] and the same `len`.
     pub fn alloc_len(&mut self, len: usize, align: usize) -> Option<usize> {
-        self.alloc_aligned(order_for_len(len)?, order_for_align(align)?)
+        let align_order = order_for_align(align)?;
+        let pages = pages_of(len);
+        let Some(order) = order_for_len(len) else {
+            return self.alloc_run(pages, block_size(align_order));
+        };
+        let addr = self.alloc_aligned(order, align_order)?;
+        if trims(pages, order) {
+            // SAFETY: `addr` is the block of `order` just allocated.
+            unsafe { self.trim(addr, order, pages) };
+        }
+        Some(addr)
+    }
+
+    /// A reservation above the largest block: the first `align`-aligned
+    /// run of `pages` free pages inside one region, taken as the blocks
+    /// [`range_blocks`] cuts it into. A linear search over the candidate
+    /// starts (one per `align`, at least 2 MiB apart), so meant for the rare
+    /// requests above 64 MiB.
+    fn alloc_run(&mut self, pages: usize, align: usize) -> Option<usize> {
+        let step = align.max(RUN_STEP);
+        let len = pages.checked_mul(PAGE_SIZE)?;
+        for i in 0..self.nregions {
+            let region = self.regions[i];
+            let mut start = region.base.checked_next_multiple_of(step)?;
+            while start.checked_add(len).is_some_and(|end| end <= region.end) {
+                let free = range_blocks(start, pages).all(|(at, k)| {
+                    self.free_block_containing(&region, at)
+                        .is_some_and(|(_, o)| o >= k)
+                });
+                if free {
+                    for (at, k) in range_blocks(start, pages) {
+                        // SAFETY: checked just above: each block lies in a
+                        // free block of at least its order.
+                        unsafe { self.carve(&region, at, k) };
+                    }
+                    return Some(start);
+                }
+                start += step;
+            }
+        }
+        None
+    }
+
+    /// The free block `(start, order)` that contains the page at `addr`.
+    fn free_block_containing(&self, region: &Region, addr: usize) -> Option<(usize, usize)> {
+        for k in 0..ORDERS {
+            let start = addr & !(block_size(k) - 1);
+            if start < region.base {
+                break;
+            }
+            // SAFETY: `start` lies in `region` (below `addr`, at or above
+            // its base).
+            if unsafe { *region.state_ptr(start) } == FREE | k as u8 {
+                return Some((start, k));
+            }
+        }
+        None
+    }
+
+    /// Takes the block of `order` at `addr` out of the free block that
+    /// contains it, splitting that one, and marks it allocated.
+    ///
+    /// # Safety
+    /// A free block of at least `order` must contain `[addr, addr + size)`,
+    /// with `addr` aligned to the size.
+    unsafe fn carve(&mut self, region: &Region, addr: usize, order: usize) {
+        let (mut c, mut k) = self
+            .free_block_containing(region, addr)
+            .expect("buddy: carving outside every free block");
+        // SAFETY: `c` heads a free block of order `k` on list `k`; the
+        // halves split off lie inside it and are on no list.
+        unsafe {
+            self.unlink(c, k);
+            while k > order {
+                k -= 1;
+                let upper = c + block_size(k);
+                if addr >= upper {
+                    self.push(region, c, k);
+                    c = upper;
+                } else {
+                    self.push(region, upper, k);
+                }
+            }
+            *region.state_ptr(addr) = USED | order as u8;
+        }
+        self.free_bytes -= block_size(order);
+    }
+
+    /// Keeps the first `pages` pages of the allocated block at `addr` (as
+    /// the blocks [`range_blocks`] cuts them into, each marked allocated)
+    /// and frees the rest.
+    ///
+    /// # Safety
+    /// `addr` must be an allocated block of `order`, `pages < 2^order`.
+    unsafe fn trim(&mut self, addr: usize, order: usize, pages: usize) {
+        let region = self.region_of(addr).expect("an allocated block");
+        for (at, k) in range_blocks(addr, pages) {
+            // SAFETY: `at` lies in the block, in `region`.
+            unsafe { *region.state_ptr(at) = USED | k as u8 };
+        }
+        // The tail: at each offset, the largest block aligned there (it
+        // always fits, since the block's end is aligned to 2^order).
+        let mut offset = pages;
+        while offset < 1 << order {
+            let k = offset.trailing_zeros() as usize;
+            // SAFETY: the tail is ours, on no list, inside `region`.
+            unsafe { self.push(&region, addr + offset * PAGE_SIZE, k) };
+            self.free_bytes += block_size(k);
+            offset += 1 << k;
+        }
+    }
+
+    /// Whether a reservation of `len` bytes from [`Buddy::alloc_len`] starts
+    /// at `addr` (every block of its run is allocated with the expected
+    /// order).
+    pub fn is_allocated_len(&self, addr: usize, len: usize) -> bool {
+        let pages = pages_of(len);
+        match order_for_len(len) {
+            Some(order) if !trims(pages, order) => self.allocated_order(addr) == Some(order),
+            _ => range_blocks(addr, pages).all(|(at, k)| self.allocated_order(at) == Some(k)),
+        }
     }
 
     /// The order of the allocated block starting at `addr`, or `None` if no
@@ -389,17 +561,28 @@ impl Buddy {
         unsafe { self.push(&region, addr, k) };
     }
 
-    /// [`Buddy::free`] for a block from [`Buddy::alloc_len`].
+    /// [`Buddy::free`] for a reservation from [`Buddy::alloc_len`]: each
+    /// block of its run merges with its free buddies.
     ///
     /// # Panics
-    /// As [`Buddy::free`], or if `len` is above the largest block.
+    /// As [`Buddy::free`].
     ///
     /// # Safety
     /// As [`Buddy::free`]; `len` must be the one passed to `alloc_len`.
     pub unsafe fn free_len(&mut self, addr: usize, len: usize) {
-        let order = order_for_len(len).expect("buddy: length above the largest block");
-        // SAFETY: forwarded from the caller.
-        unsafe { self.free(addr, order) }
+        let pages = pages_of(len);
+        match order_for_len(len) {
+            // SAFETY: forwarded from the caller.
+            Some(order) if !trims(pages, order) => unsafe { self.free(addr, order) },
+            _ => {
+                for (at, k) in range_blocks(addr, pages) {
+                    // SAFETY: forwarded from the caller: each block of the
+                    // run was allocated with this order by `trim` or
+                    // `alloc_run`.
+                    unsafe { self.free(at, k) }
+                }
+            }
+        }
     }
 
     /// Walks every free list and checks links, state bytes, counts and the

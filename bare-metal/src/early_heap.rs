@@ -4,15 +4,18 @@
 //! lock, over a fixed block taken from the page allocator once at boot. It
 //! makes `alloc` (`Vec`, `BTreeMap`, `String`) usable from the first moments
 //! of boot; it is simple rather than fast: allocation scans a free list and
-//! every CPU contends for the same lock. It never grows and never gives its
-//! memory back.
+//! every CPU contends for the same lock (held with interrupts masked, see
+//! [`crate::irq`]). It never grows and never gives its memory back.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use apex_core::provider::{PageProvider, PAGE_SIZE};
 use linked_list_allocator::Heap;
 use spin::Mutex;
+
+use crate::irq;
 
 /// Why an [`EarlyHeap`] could not be set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +35,10 @@ pub enum EarlyHeapError {
 /// allocation fails.
 pub struct EarlyHeap {
     heap: Mutex<Heap>,
+    /// `[start, end)` of the heap's memory, set once by `init`; read
+    /// without the lock by [`EarlyHeap::contains`].
+    start: AtomicUsize,
+    end: AtomicUsize,
 }
 
 impl Default for EarlyHeap {
@@ -45,6 +52,8 @@ impl EarlyHeap {
     pub const fn empty() -> Self {
         EarlyHeap {
             heap: Mutex::new(Heap::empty()),
+            start: AtomicUsize::new(0),
+            end: AtomicUsize::new(0),
         }
     }
 
@@ -64,6 +73,8 @@ impl EarlyHeap {
         // SAFETY: the heap is empty (checked under the lock) and the caller
         // gives us the range for good.
         unsafe { heap.init(start, len) };
+        self.start.store(start as usize, Ordering::Relaxed);
+        self.end.store(start as usize + len, Ordering::Release);
         crate::log_debug!(
             "early heap: {=usize} KiB at {=usize:#x}",
             len / 1024,
@@ -102,6 +113,15 @@ impl EarlyHeap {
         result
     }
 
+    /// Whether `p` lies in the heap's memory (so a block at `p` is this
+    /// heap's): two loads and two compares, no lock.
+    #[inline]
+    pub fn contains(&self, p: *const u8) -> bool {
+        let end = self.end.load(Ordering::Acquire);
+        let p = p as usize;
+        p < end && p >= self.start.load(Ordering::Relaxed)
+    }
+
     /// Bytes the heap manages.
     pub fn size(&self) -> usize {
         self.heap.lock().size()
@@ -122,20 +142,23 @@ impl EarlyHeap {
 // the layout, and the lock serializes all access to it.
 unsafe impl GlobalAlloc for EarlyHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.heap
-            .lock()
-            .allocate_first_fit(layout)
-            .map_or(ptr::null_mut(), NonNull::as_ptr)
+        // Interrupts masked while the lock is held (see `crate::irq`).
+        irq::masked(|| {
+            self.heap
+                .lock()
+                .allocate_first_fit(layout)
+                .map_or(ptr::null_mut(), NonNull::as_ptr)
+        })
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: the GlobalAlloc contract: `ptr` came from `alloc` on this
         // heap with `layout`, so it is non-null and owned by the heap.
-        unsafe {
+        irq::masked(|| unsafe {
             self.heap
                 .lock()
                 .deallocate(NonNull::new_unchecked(ptr), layout)
-        };
+        });
     }
 }
 

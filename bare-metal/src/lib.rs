@@ -13,8 +13,11 @@
 //!   `#[global_allocator]`, one heap per CPU;
 //! - [`early_heap`]: [`EarlyHeap`], a simple global allocator for early boot,
 //!   carved from the buddy allocator, used until per-CPU heaps exist;
-//! - [`percpu`]: dense CPU indices from local APIC IDs, the plumbing for the
-//!   per-CPU heaps;
+//! - [`hand_over`]: [`HandOver`], the `#[global_allocator]` that serves
+//!   early boot from the early heap and then switches to `KernelAlloc`;
+//! - [`percpu`]: dense CPU indices (APIC IDs, or one instruction with
+//!   `IA32_TSC_AUX`), the plumbing for the per-CPU heaps;
+//! - [`irq`]: masking interrupts around locks, so handlers may allocate;
 //! - [`rdrand`]: hardware entropy where the CPU has it.
 //!
 //! The crate assumes physical memory is accessible at its own address (an
@@ -39,10 +42,25 @@ macro_rules! log_debug {
     ($($arg:tt)*) => {{}};
 }
 
+/// Logs at error level through defmt when the `defmt` feature is on.
+#[cfg(feature = "defmt")]
+macro_rules! log_error {
+    ($($arg:tt)*) => { defmt::error!($($arg)*) };
+}
+
+/// Logs at error level through defmt when the `defmt` feature is on.
+#[cfg(not(feature = "defmt"))]
+macro_rules! log_error {
+    ($($arg:tt)*) => {{}};
+}
+
 pub(crate) use log_debug;
+pub(crate) use log_error;
 
 pub mod buddy;
 pub mod early_heap;
+pub mod hand_over;
+pub mod irq;
 pub mod kernel_alloc;
 pub mod percpu;
 pub mod provider;
@@ -51,6 +69,7 @@ pub mod rdrand;
 
 pub use buddy::Buddy;
 pub use early_heap::EarlyHeap;
+pub use hand_over::HandOver;
 pub use kernel_alloc::KernelAlloc;
 pub use provider::BuddyProvider;
 pub use ranges::Range;

@@ -1,22 +1,27 @@
 //! [`BuddyProvider`]: the allocator core's page provider in a kernel.
 //!
-//! Every reservation is one buddy block. `reserve(len, align)` takes a block
-//! of the order that holds `len` (rounded up to a power-of-two number of
-//! pages), carved from a free block large enough to be aligned to `align`;
-//! the aligned block's unused tail goes straight back to the free lists. So a
-//! block's order depends on `len` alone, and `release(ptr, len)`, which is
-//! not told the alignment, recomputes it. The order is also recorded in the
-//! buddy's state byte of the block, which `release` cross-checks: a range
-//! that was not reserved with this length is reported through
-//! [`PageProvider::fatal`] instead of corrupting the free lists.
+//! Every reservation is a buddy reservation ([`Buddy::alloc_len`]):
+//! `reserve(len, align)` takes the block of the order that holds `len`,
+//! carved from a free block large enough to be aligned to `align`; the
+//! aligned block's unused tail goes straight back to the free lists, and so
+//! do the pages past `len` when `len` is more than
+//! [`crate::buddy::TRIM_ABOVE_PAGES`] pages. So a reservation's blocks depend on
+//! `len` alone, and `release(ptr, len)`, which is not told the alignment,
+//! recomputes them. Their orders are also recorded in the buddy's state
+//! bytes, which `release` cross-checks: a range that was not reserved with
+//! this length is reported through [`PageProvider::fatal`] instead of
+//! corrupting the free lists.
 //!
 //! Physical memory is always present and the kernel identity-maps it, so a
 //! reservation is usable at once ([`Capabilities::LAZY_COMMIT`]), `commit`
 //! always succeeds and `decommit` does nothing. Released blocks are not
 //! cleared, so [`Capabilities::ZERO_ON_RESERVE`] is not claimed.
 //!
-//! The buddy sits behind a spin lock. No method allocates, and none may be
-//! called from an interrupt handler that interrupted a holder of the lock.
+//! The buddy sits behind a spin lock, held only with interrupts masked on
+//! the CPU that holds it (see [`crate::irq`]), so an interrupt handler that
+//! reaches the provider never spins on a lock its own CPU holds. No method
+//! allocates. [`BuddyProvider::lock`] is the exception: it leaves
+//! interrupts alone.
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -24,7 +29,8 @@ use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use apex_core::provider::{Capabilities, PageProvider, PAGE_SIZE};
 use spin::{Mutex, MutexGuard};
 
-use crate::buddy::{self, Buddy, RegionError};
+use crate::buddy::{Buddy, RegionError};
+use crate::irq;
 
 /// What [`PageProvider::fatal`] calls: prints and halts, never returns.
 pub type FatalHandler = fn(&str) -> !;
@@ -66,22 +72,25 @@ impl BuddyProvider {
     /// reservation from it is in use.
     pub unsafe fn add_region(&self, start: usize, len: usize) -> Result<usize, RegionError> {
         // SAFETY: forwarded from the caller.
-        unsafe { self.buddy.lock().add_region(start, len) }
+        irq::masked(|| unsafe { self.buddy.lock().add_region(start, len) })
     }
 
     /// Locks the buddy allocator, for statistics and direct page allocation.
+    /// Unlike the other methods it leaves interrupts as they are: mask them
+    /// (see [`irq::masked`]) while holding the guard if an interrupt handler
+    /// might allocate.
     pub fn lock(&self) -> MutexGuard<'_, Buddy> {
         self.buddy.lock()
     }
 
     /// Bytes currently free.
     pub fn free_bytes(&self) -> usize {
-        self.buddy.lock().free_bytes()
+        irq::masked(|| self.buddy.lock().free_bytes())
     }
 
     /// Bytes managed, free or reserved.
     pub fn total_bytes(&self) -> usize {
-        self.buddy.lock().total_bytes()
+        irq::masked(|| self.buddy.lock().total_bytes())
     }
 
     /// Installs what [`PageProvider::fatal`] calls. Until then it spins
@@ -127,24 +136,28 @@ unsafe impl PageProvider for BuddyProvider {
         if len == 0 || !len.is_multiple_of(PAGE_SIZE) || !align.is_power_of_two() {
             return None;
         }
-        let addr = self.buddy.lock().alloc_len(len, align)?;
+        let addr = irq::masked(|| self.buddy.lock().alloc_len(len, align))?;
         NonNull::new(addr as *mut u8)
     }
 
     unsafe fn release(&self, ptr: NonNull<u8>, len: usize) {
         let addr = ptr.as_ptr() as usize;
-        let mut buddy = self.buddy.lock();
-        let order = buddy::order_for_len(len);
-        if order.is_none() || buddy.allocated_order(addr) != order {
-            drop(buddy);
+        let released = irq::masked(|| {
+            let mut buddy = self.buddy.lock();
+            if !buddy.is_allocated_len(addr, len) {
+                return false;
+            }
+            // SAFETY: the state bytes confirm a live reservation of this
+            // length starts at `addr`; the caller promises it is a whole
+            // reservation nobody uses any more.
+            unsafe { buddy.free_len(addr, len) };
+            true
+        });
+        if !released {
             self.fatal(
                 "apex-bare-metal: release of a range that was not reserved with this length",
             );
         }
-        // SAFETY: the state byte confirms a live block of this order starts
-        // at `addr`; the caller promises it is a whole reservation nobody
-        // uses any more.
-        unsafe { buddy.free_len(addr, len) };
     }
 
     unsafe fn commit(&self, _ptr: NonNull<u8>, _len: usize) -> bool {
@@ -153,11 +166,15 @@ unsafe impl PageProvider for BuddyProvider {
 
     unsafe fn decommit(&self, _ptr: NonNull<u8>, _len: usize) {}
 
+    /// `rdrand` where the CPU has it, else the time-stamp counter (the
+    /// capability `ENTROPY`, real randomness, is claimed only for the
+    /// former).
     fn entropy(&self, buf: &mut [u8]) -> bool {
-        self.has_entropy() && crate::rdrand::fill(buf)
+        (self.has_entropy() && crate::rdrand::fill(buf)) || crate::rdrand::tsc_fill(buf)
     }
 
     fn fatal(&self, msg: &str) -> ! {
+        crate::log_error!("{=str}", msg);
         let handler = self.fatal_handler.load(Ordering::Acquire);
         if handler != 0 {
             // SAFETY: only `set_fatal_handler` stores a non-zero value, and
@@ -234,7 +251,11 @@ mod tests {
         assert!(caps.contains(Capabilities::LAZY_COMMIT));
         assert!(!caps.intersects(Capabilities::ZERO_ON_RESERVE | Capabilities::CAN_DECOMMIT));
         let mut buf = [0u8; 32];
-        assert_eq!(p.entropy(&mut buf), caps.contains(Capabilities::ENTROPY));
+        // rdrand or, without it, the time-stamp counter.
+        assert!(p.entropy(&mut buf));
+        let first = buf;
+        assert!(p.entropy(&mut buf));
+        assert_ne!(first, buf, "two draws gave the same bytes");
         assert_eq!(
             caps.contains(Capabilities::ENTROPY),
             crate::rdrand::available()

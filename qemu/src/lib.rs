@@ -6,9 +6,11 @@
 //! - [`boot`]: the 32-bit entry stub and the switch to long mode;
 //! - [`init`]: start-up in Rust, [`BootInfo`], [`entry_point!`];
 //! - [`pvh`]: reading QEMU's `hvm_start_info` and memory map;
-//! - [`memory`]: the buddy page provider over usable RAM and the early heap
-//!   (the global allocator);
+//! - [`memory`]: the buddy page provider over usable RAM, the early heap and
+//!   the per-CPU heaps (the global allocator hands over from one to the
+//!   other);
 //! - [`smp`]: starting the other CPUs; [`fw_cfg`]: how many there are;
+//! - [`interrupts`]: an IDT and the local APIC timer;
 //! - [`serial`], [`exit`], [`io`]: console output, ending the VM, port I/O;
 //! - [`test_runner`]: libtest-style test lists for `harness = false` kernels;
 //!   [`rng`]: a reproducible random generator for them;
@@ -22,6 +24,7 @@ pub mod boot;
 pub mod exit;
 pub mod fw_cfg;
 pub mod init;
+pub mod interrupts;
 pub mod io;
 pub mod logger;
 pub mod memory;

@@ -9,20 +9,32 @@
 //! - the start info, its memory map and command line;
 //! - everything from 4 GiB up, which the boot page tables do not map.
 //!
-//! Then [`HEAP`], the global allocator, takes [`EARLY_HEAP_SIZE`] bytes from
-//! the provider.
+//! Then [`HEAP`], the early heap, takes [`EARLY_HEAP_SIZE`] bytes from the
+//! provider. The global allocator [`ALLOC`] serves allocations from it until
+//! a kernel switches it to the per-CPU heaps [`PER_CPU`].
 
 use apex_bare_metal::ranges::{for_each_usable, Range};
-use apex_bare_metal::{BuddyProvider, EarlyHeap};
+use apex_bare_metal::{percpu, BuddyProvider, EarlyHeap, HandOver, KernelAlloc};
+use apex_core::Global;
 
 use crate::pvh::{MemoryKind, StartInfo};
 
 /// The page provider over all usable RAM.
 pub static PROVIDER: BuddyProvider = BuddyProvider::new();
 
-/// The global allocator: the early-boot heap, carved from [`PROVIDER`].
-#[cfg_attr(target_os = "none", global_allocator)]
+/// The early-boot heap, carved from [`PROVIDER`].
 pub static HEAP: EarlyHeap = EarlyHeap::empty();
+
+/// The allocator core over [`PROVIDER`] behind [`PER_CPU`].
+pub static GLOBAL: Global = Global::new(&PROVIDER);
+
+/// One heap per CPU, for [`ALLOC`] once it switches.
+pub static PER_CPU: KernelAlloc = KernelAlloc::new(&GLOBAL, percpu::current_cpu_index);
+
+/// The global allocator: [`HEAP`] until a kernel calls `ALLOC.switch()`,
+/// [`PER_CPU`] after (most test kernels never switch).
+#[cfg_attr(target_os = "none", global_allocator)]
+pub static ALLOC: HandOver = HandOver::new(&HEAP, &PER_CPU);
 
 /// Size of [`HEAP`].
 pub const EARLY_HEAP_SIZE: usize = 16 << 20;

@@ -17,12 +17,17 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
-use apex_bare_metal::percpu::{self, MAX_CPUS};
+use apex_bare_metal::percpu;
 
 use crate::memory::AP_TRAMPOLINE;
 
 /// Stack size of each AP.
 pub const AP_STACK_SIZE: usize = 64 * 1024;
+
+/// The most CPUs these test kernels start: each AP's stack is in `.bss`,
+/// so this stays far below `percpu::MAX_CPUS`.
+pub const MAX_CPUS: usize = 32;
+const _: () = assert!(MAX_CPUS <= percpu::MAX_CPUS);
 
 /// Stacks of the APs (at most `MAX_CPUS - 1`), written only by them.
 #[repr(C, align(4096))]
@@ -132,17 +137,17 @@ extern "C" fn ap_rust_entry(_ap_number: u32) -> ! {
 }
 
 /// The local APIC's registers, found through IA32_APIC_BASE.
-struct LocalApic {
+pub(crate) struct LocalApic {
     base: usize,
 }
 
 impl LocalApic {
-    const SPURIOUS: usize = 0xf0;
+    pub(crate) const SPURIOUS: usize = 0xf0;
     const ICR_LOW: usize = 0x300;
     const ICR_HIGH: usize = 0x310;
     const DELIVERY_PENDING: u32 = 1 << 12;
 
-    fn current() -> Self {
+    pub(crate) fn current() -> Self {
         let (lo, hi): (u32, u32);
         // SAFETY: reading IA32_APIC_BASE (MSR 0x1b) has no side effects.
         unsafe {
@@ -153,13 +158,13 @@ impl LocalApic {
         LocalApic { base }
     }
 
-    fn read(&self, reg: usize) -> u32 {
+    pub(crate) fn read(&self, reg: usize) -> u32 {
         // SAFETY: the APIC page is identity-mapped (below 4 GiB) and `reg`
         // is a register offset inside it.
         unsafe { core::ptr::read_volatile((self.base + reg) as *const u32) }
     }
 
-    fn write(&self, reg: usize, value: u32) {
+    pub(crate) fn write(&self, reg: usize, value: u32) {
         // SAFETY: as in `read`.
         unsafe { core::ptr::write_volatile((self.base + reg) as *mut u32, value) }
     }

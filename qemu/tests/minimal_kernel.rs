@@ -7,9 +7,11 @@
 //! 1. RAM goes to a buddy page allocator (`BuddyProvider::add_region`);
 //! 2. an early heap is carved from it (`EarlyHeap::init_from`), and early
 //!    boot allocates from it;
-//! 3. the CPU registers for a dense index (`percpu::register_current_cpu`);
-//! 4. the kernel hands over to the per-CPU heaps (`KernelAlloc`): new blocks
-//!    come from them, blocks from before still go back to the early heap.
+//! 3. the CPU registers for a dense index
+//!    (`percpu::register_current_cpu_fast`);
+//! 4. the kernel hands over to the per-CPU heaps (`HandOver::switch` to
+//!    `KernelAlloc`): new blocks come from them, blocks from before still go
+//!    back to the early heap.
 //!
 //! The tests then check that the early blocks survived the hand-over, that
 //! new blocks come from the per-CPU heaps, that two CPUs allocate and free
@@ -30,10 +32,10 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use apex_bare_metal::percpu;
-use apex_bare_metal::{BuddyProvider, EarlyHeap, KernelAlloc};
+use apex_bare_metal::{BuddyProvider, EarlyHeap, HandOver, KernelAlloc};
 use apex_core::provider::{PageProvider, PAGE_SIZE};
 use apex_core::Global;
 use apex_qemu::{entry_point, println, qemu_smp, run_tests, smp, BootInfo, Test};
@@ -64,96 +66,6 @@ const EARLY_HEAP_SIZE: usize = 1 << 20;
 /// RAM for the buddy allocator: 4 MiB segments (`small-segments`), a few
 /// per CPU, plus the early heap.
 const RAM_SIZE: usize = 64 << 20;
-
-/// Early boot's heap until [`HandOver::switch_to_per_cpu`], the per-CPU heaps
-/// after. A block is freed where it came from: the core tells its own
-/// blocks by address (`apex_core::owns`), everything else belongs to the
-/// early heap. So blocks allocated before the switch (tables built during
-/// boot) stay valid, and go back to the early heap whenever they are freed.
-pub struct HandOver {
-    early: &'static EarlyHeap,
-    per_cpu: &'static KernelAlloc,
-    switched: AtomicBool,
-}
-
-impl HandOver {
-    pub const fn new(early: &'static EarlyHeap, per_cpu: &'static KernelAlloc) -> Self {
-        HandOver {
-            early,
-            per_cpu,
-            switched: AtomicBool::new(false),
-        }
-    }
-
-    /// New blocks come from the per-CPU heaps from now on.
-    pub fn switch_to_per_cpu(&self) {
-        self.switched.store(true, Ordering::Release);
-    }
-
-    fn per_cpu_now(&self) -> bool {
-        self.switched.load(Ordering::Acquire)
-    }
-}
-
-// SAFETY: every block comes from one of two allocators that uphold the
-// GlobalAlloc contract and goes back to the one it came from: the core's
-// blocks lie in its segments (`owns`), the early heap's never do (its
-// memory is a separate reservation).
-unsafe impl GlobalAlloc for HandOver {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            if self.per_cpu_now() {
-                self.per_cpu.alloc(layout)
-            } else {
-                self.early.alloc(layout)
-            }
-        }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            if self.per_cpu_now() {
-                self.per_cpu.alloc_zeroed(layout)
-            } else {
-                self.early.alloc_zeroed(layout)
-            }
-        }
-    }
-
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        // SAFETY: `p` came from this allocator; it goes back to its owner.
-        unsafe {
-            if apex_core::owns(p) {
-                self.per_cpu.dealloc(p, layout)
-            } else {
-                self.early.dealloc(p, layout)
-            }
-        }
-    }
-
-    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if apex_core::owns(p) {
-            // SAFETY: a live block of the per-CPU heaps.
-            return unsafe { self.per_cpu.realloc(p, layout, new_size) };
-        }
-        // An early block moves to wherever new blocks come from now.
-        // SAFETY: the caller vouches for the new size with this alignment.
-        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-        // SAFETY: a valid layout (above).
-        let q = unsafe { self.alloc(new_layout) };
-        if !q.is_null() {
-            // SAFETY: both blocks hold the copied length; `p` is an early
-            // block, freed once.
-            unsafe {
-                ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
-                self.early.dealloc(p, layout);
-            }
-        }
-        q
-    }
-}
 
 /// What the provider calls on misuse (a bad release): report and fail.
 fn fatal(msg: &str) -> ! {
@@ -208,11 +120,12 @@ fn main(info: &'static BootInfo) -> ! {
 
     // 3. This CPU's index (the others register as they come up; see
     // `second_cpu`). Registering again returns the same index.
-    let cpu = percpu::register_current_cpu().expect("at most MAX_CPUS CPUs");
+    // SAFETY: ring 0, on this CPU; nothing else uses IA32_TSC_AUX.
+    let cpu = unsafe { percpu::register_current_cpu_fast() }.expect("at most MAX_CPUS CPUs");
     assert_eq!(percpu::current_cpu_index(), Some(cpu));
 
     // 4. The hand-over.
-    ALLOC.switch_to_per_cpu();
+    ALLOC.switch();
 
     run_tests(info, TESTS)
 }
@@ -248,8 +161,8 @@ fn early_blocks_survive_the_hand_over(_info: &'static BootInfo) {
     let mut blocks = EARLY_BLOCKS.lock();
     for (i, &(addr, size)) in blocks.iter().enumerate() {
         assert!(
-            !apex_core::owns(addr as *const u8),
-            "an early block in a segment"
+            EARLY.contains(addr as *const u8),
+            "an early block outside the early heap"
         );
         // SAFETY: a live early block of `size` bytes.
         let bytes = unsafe { core::slice::from_raw_parts(addr as *const u8, size) };
@@ -317,9 +230,11 @@ static HANDED: Mutex<[usize; 256]> = Mutex::new([0; 256]);
 static SECOND_CPU: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 /// The second CPU's work. `apex-qemu`'s AP entry registered it already; an
-/// AP of your own kernel calls `percpu::register_current_cpu()` first thing.
+/// AP of your own kernel calls `percpu::register_current_cpu_fast()` first
+/// thing.
 fn second_cpu(index: usize) {
-    assert_eq!(percpu::register_current_cpu(), Some(index));
+    // SAFETY: ring 0, on this CPU; nothing else uses IA32_TSC_AUX.
+    assert_eq!(unsafe { percpu::register_current_cpu_fast() }, Some(index));
     SECOND_CPU.store(index, Ordering::Release);
     // Free the boot CPU's blocks (remote frees), then churn on its own heap.
     for &p in HANDED.lock().iter() {

@@ -72,6 +72,13 @@ fn worker(cpu: usize) {
         !SEEN[cpu].swap(true, Ordering::AcqRel),
         "CPU index {cpu} given twice"
     );
+    // The APIC-ID table gives back the index this CPU got at start-up...
+    assert_eq!(percpu::register_current_cpu(), Some(cpu));
+    // ...and once it is published in IA32_TSC_AUX, the one-instruction
+    // route (RDPID or RDTSCP, where the CPU model has them) reads it too.
+    // SAFETY: ring 0, on this CPU; nothing else here uses IA32_TSC_AUX.
+    assert_eq!(unsafe { percpu::register_current_cpu_fast() }, Some(cpu));
+    assert_eq!(percpu::index_route(), percpu::fast_route_available());
     assert_eq!(percpu::current_cpu_index(), Some(cpu));
     READY.fetch_add(1, Ordering::AcqRel);
     while !GO.load(Ordering::Acquire) {
@@ -113,6 +120,7 @@ fn all_cpus_reserve_concurrently(_info: &'static BootInfo) {
     GO.store(true, Ordering::Release);
     worker(percpu::current_cpu_index().unwrap());
     smp::wait_for_aps(aps);
+    apex_qemu::println!("CPU index route: {}", percpu::index_route());
 
     let mut kept = core::mem::take(&mut *KEPT.lock());
     assert_eq!(kept.len(), cpus * KEEP);

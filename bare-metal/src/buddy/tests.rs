@@ -64,14 +64,15 @@ fn order_helpers() {
 fn add_region_carves_aligned_blocks_and_metadata() {
     let mem = HostMem::new(4 * MIB, 4 * MIB);
     let mut b = Buddy::new();
-    // 3 pages in, odd length: metadata takes one page, blocks start at page 4.
+    // 3 pages in, odd length: blocks start at page 4, metadata takes the
+    // last page.
     // SAFETY: the range lies in `mem`, which outlives `b`.
     let bytes = unsafe { b.add_region(mem.base + 3 * PAGE_SIZE + 100, 2 * MIB) }.unwrap();
     let (base, end) = b.region(0).unwrap();
-    assert_eq!(base, mem.base + 5 * PAGE_SIZE);
+    assert_eq!(base, mem.base + 4 * PAGE_SIZE);
     assert_eq!(
         end,
-        (mem.base + 3 * PAGE_SIZE + 100 + 2 * MIB) & !(PAGE_SIZE - 1)
+        ((mem.base + 3 * PAGE_SIZE + 100 + 2 * MIB) & !(PAGE_SIZE - 1)) - PAGE_SIZE
     );
     assert_eq!(bytes, end - base);
     assert_eq!(b.free_bytes(), bytes);
@@ -141,12 +142,12 @@ fn too_many_regions() {
 
 #[test]
 fn split_and_coalesce() {
-    let mem = HostMem::new(2 * MIB, MIB);
+    let mem = HostMem::new(3 * MIB, MIB);
     let mut b = Buddy::new();
-    // One metadata page in front of an aligned 1 MiB: the managed part is one
-    // order-8 block.
+    // An aligned 1 MiB and one metadata page behind it: the managed part is
+    // one order-8 block.
     // SAFETY: the range lies in `mem`, which outlives `b`.
-    unsafe { b.add_region(mem.base + MIB - PAGE_SIZE, MIB + PAGE_SIZE) }.unwrap();
+    unsafe { b.add_region(mem.base + MIB, MIB + PAGE_SIZE) }.unwrap();
     let b = &mut b;
     assert_eq!(b.free_blocks(8), 1);
     let initial = counts(b);
@@ -235,8 +236,8 @@ fn aligned_alloc_returns_the_tail() {
 
 #[test]
 fn max_order_blocks_and_exhaustion() {
-    // 128 MiB aligned to 64 MiB; the metadata page costs the first 64 MiB
-    // block its top order, the second stays whole.
+    // 128 MiB aligned to 64 MiB; the metadata pages at the end cost the
+    // second 64 MiB block its top order, the first stays whole.
     let mem = HostMem::new(128 * MIB, 64 * MIB);
     let mut b = Buddy::new();
     // SAFETY: the range lies in `mem`.
@@ -244,7 +245,7 @@ fn max_order_blocks_and_exhaustion() {
     assert_eq!(b.free_blocks(MAX_ORDER), 1);
     let initial = counts(&b);
     let big = b.alloc(MAX_ORDER).unwrap();
-    assert_eq!(big, mem.base + 64 * MIB);
+    assert_eq!(big, mem.base);
     assert!(b.alloc(MAX_ORDER).is_none());
     assert!(b.alloc(MAX_ORDER + 1).is_none());
 
@@ -366,4 +367,149 @@ fn randomized_against_shadow_model() {
         assert_eq!(b.free_bytes(), total);
         assert_eq!(counts(&b), initial, "seed {seed}: did not coalesce back");
     }
+}
+
+#[test]
+fn long_reservations_give_back_the_tail() {
+    let mem = HostMem::new(128 * MIB, 64 * MIB);
+    let mut b = Buddy::new();
+    // SAFETY: the range lies in `mem`.
+    unsafe { b.add_region(mem.base, 128 * MIB) }.unwrap();
+    let before = b.free_bytes();
+    // 40 MiB and a bit: a 64 MiB block, trimmed to the pages asked for.
+    let len = 40 * MIB + 3 * PAGE_SIZE + 100;
+    let a = b.alloc_len(len, 4 * MIB).unwrap();
+    assert_eq!(a % (4 * MIB), 0);
+    assert_eq!(b.free_bytes(), before - len.next_multiple_of(PAGE_SIZE));
+    assert!(b.is_allocated_len(a, len));
+    assert!(
+        !b.is_allocated_len(a, 64 * MIB),
+        "not reserved with that length"
+    );
+    assert!(!b.is_allocated_len(a + PAGE_SIZE, len));
+    b.verify().unwrap();
+    // The tail serves other requests: 20 MiB fit beside it in the block.
+    let c = b.alloc_len(20 * MIB, PAGE_SIZE).unwrap();
+    assert!(c >= a + len || c + 20 * MIB <= a, "overlap");
+    // Small reservations keep their power-of-two block.
+    let d = b.alloc_len(5 * PAGE_SIZE, PAGE_SIZE).unwrap();
+    assert_eq!(b.allocated_order(d), Some(3));
+    assert!(b.is_allocated_len(d, 5 * PAGE_SIZE));
+    // SAFETY: each with the length it was reserved with, once.
+    unsafe {
+        b.free_len(a, len);
+        b.free_len(c, 20 * MIB);
+        b.free_len(d, 5 * PAGE_SIZE);
+    }
+    assert_eq!(b.free_bytes(), before, "everything merged back");
+    b.verify().unwrap();
+    // Merged back into whole blocks: the largest order is there again.
+    assert!(b.alloc(MAX_ORDER).is_some());
+}
+
+#[test]
+fn random_long_reservations_against_a_shadow() {
+    let mem = HostMem::new(64 * MIB, 64 * MIB);
+    let mut b = Buddy::new();
+    // SAFETY: the range lies in `mem`.
+    unsafe { b.add_region(mem.base, 64 * MIB) }.unwrap();
+    let before = b.free_bytes();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state as usize
+    };
+    let mut live: Vec<(usize, usize)> = Vec::new();
+    for _ in 0..3000 {
+        if live.len() < 8 || next() % 2 == 0 {
+            let len = 1 + next() % (3 * MIB);
+            let align = PAGE_SIZE << (next() % 8);
+            if let Some(a) = b.alloc_len(len, align) {
+                assert_eq!(a % align, 0);
+                for &(o, ol) in &live {
+                    assert!(a + len <= o || o + ol <= a, "overlap");
+                }
+                live.push((a, len));
+            }
+        } else {
+            let (a, len) = live.swap_remove(next() % live.len());
+            assert!(b.is_allocated_len(a, len));
+            // SAFETY: reserved with this length, freed once.
+            unsafe { b.free_len(a, len) };
+        }
+        let used: usize = live
+            .iter()
+            .map(|&(_, l)| {
+                let pages = l.div_ceil(PAGE_SIZE);
+                if pages > TRIM_ABOVE_PAGES {
+                    pages * PAGE_SIZE
+                } else {
+                    pages.next_power_of_two() * PAGE_SIZE
+                }
+            })
+            .sum();
+        assert_eq!(b.free_bytes(), before - used);
+    }
+    b.verify().unwrap();
+    for (a, len) in live {
+        // SAFETY: as above.
+        unsafe { b.free_len(a, len) };
+    }
+    assert_eq!(b.free_bytes(), before);
+    b.verify().unwrap();
+}
+
+#[test]
+fn reservations_above_the_largest_block_are_runs() {
+    // 128 MiB aligned to 64 MiB: all of it but the metadata pages at the end
+    // is one run of free blocks.
+    let mem = HostMem::new(128 * MIB, 64 * MIB);
+    let mut b = Buddy::new();
+    // SAFETY: the range lies in `mem`.
+    unsafe { b.add_region(mem.base, 128 * MIB) }.unwrap();
+    let before = b.free_bytes();
+    assert!(
+        b.alloc_len(before + PAGE_SIZE, 4 * MIB).is_none(),
+        "more than there is"
+    );
+    let len = before - 5 * PAGE_SIZE;
+    let a = b.alloc_len(len, 4 * MIB).unwrap();
+    assert_eq!(a, mem.base);
+    assert!(b.is_allocated_len(a, len));
+    assert!(!b.is_allocated_len(a, len - 64 * MIB));
+    assert_eq!(b.free_bytes(), 5 * PAGE_SIZE);
+    b.verify().unwrap();
+    // SAFETY: reserved with this length, freed once.
+    unsafe { b.free_len(a, len) };
+    assert_eq!(b.free_bytes(), before);
+    b.verify().unwrap();
+
+    // With a page in use in the middle, a 100 MiB run must avoid it: it
+    // does not fit below the page nor above it, so there is none.
+    let page = b.alloc_len(PAGE_SIZE, 64 * MIB).unwrap();
+    assert_eq!(page, mem.base);
+    // SAFETY: as above.
+    unsafe { b.free_len(page, PAGE_SIZE) };
+    let low = b.alloc_len(60 * MIB, PAGE_SIZE).unwrap();
+    let pin = b.alloc_len(PAGE_SIZE, 4 * MIB).unwrap();
+    assert!(pin >= low + 60 * MIB || pin < low);
+    // SAFETY: as above.
+    unsafe { b.free_len(low, 60 * MIB) };
+    assert!(
+        b.alloc_len(100 * MIB, 4 * MIB).is_none(),
+        "the pinned page splits the range"
+    );
+    let run = b.alloc_len(65 * MIB, 2 * MIB);
+    if let Some(r) = run {
+        assert!(r + 65 * MIB <= pin || r > pin, "run over the pinned page");
+        // SAFETY: as above.
+        unsafe { b.free_len(r, 65 * MIB) };
+    }
+    // SAFETY: as above.
+    unsafe { b.free_len(pin, PAGE_SIZE) };
+    assert_eq!(b.free_bytes(), before);
+    b.verify().unwrap();
+    assert!(b.alloc_len(100 * MIB, 4 * MIB).is_some(), "whole again");
 }
