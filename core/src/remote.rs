@@ -37,6 +37,10 @@ pub enum Notify {
     Notify = 1,
     /// A remote thread is telling the owner right now.
     Notifying = 2,
+    /// The span's one large block is freed and waits, inaccessible, in its
+    /// owner's quarantine: any remote free of it is a double free, and
+    /// nothing may be written into it.
+    Freed = 3,
 }
 
 const STATE_MASK: usize = 3;
@@ -75,6 +79,8 @@ pub enum RemotePush {
     MustNotify,
     /// The caller now holds `Notifying` and must hand the block over.
     Notifying,
+    /// The span is in state `Freed`: nothing was done (a double free).
+    Freed,
 }
 
 /// The thread-free word of a used span: blocks other threads freed, plus
@@ -116,6 +122,10 @@ impl ThreadFree {
         let mut cur = self.0.load(Ordering::Relaxed);
         loop {
             let state = cur & STATE_MASK;
+            if state == Notify::Freed as usize {
+                // The block is inaccessible: it must not be written.
+                return RemotePush::Freed;
+            }
             let new = if state == Notify::Notify as usize {
                 if !may_notify {
                     return RemotePush::MustNotify;

@@ -283,6 +283,9 @@ impl Span {
     ///
     /// # Safety
     /// Only the owning heap may call this.
+    /// A link that is not a carved block of this slab (a forged or
+    /// overwritten one) ends the walk: it is neither followed nor reported
+    /// here, and the block counts as not found.
     pub unsafe fn list_contains(&self, b: *mut Block) -> bool {
         let key = self.secret;
         for head in [self.free, self.local_free, self.thread_free.peek()] {
@@ -292,7 +295,10 @@ impl Span {
                 if cur == b {
                     return true;
                 }
-                // SAFETY: list members are free blocks of this page.
+                if !self.is_carved_block(cur as usize) {
+                    break;
+                }
+                // SAFETY: `cur` is a block of this slab (checked above).
                 cur = unsafe { next_of(cur, key) };
                 steps += 1;
             }

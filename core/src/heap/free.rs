@@ -233,12 +233,13 @@ impl Heap {
         // SAFETY: `b` is a live block of `page` given up by the caller;
         // while we hold `Notifying` the owner cannot go away.
         unsafe {
-            if (*page).thread_free.push(b, (*page).secret, true) == RemotePush::Notifying {
+            let pushed = (*page).thread_free.push(b, (*page).secret, true);
+            if pushed == RemotePush::Notifying {
                 self.global.fork_gate().run_handoff_hook();
                 let owner = (*seg).owner.load(Ordering::Acquire) as *const Heap;
                 (*owner).delayed.push(b, (*owner).key);
                 (*page).thread_free.end_notifying();
-            } else if (*page).kind == SpanKind::Large {
+            } else if (*page).kind == SpanKind::Large || pushed == RemotePush::Freed {
                 // Someone else handed this large block over meanwhile.
                 self.global
                     .misuse(Misuse::DoubleFree, b as usize, Some((*page).usable()));
@@ -357,20 +358,36 @@ impl Heap {
     pub(super) fn drain_delayed(&mut self) {
         let mut b = self.delayed.take();
         while !b.is_null() {
-            // SAFETY: delayed blocks are live blocks of our own pages.
+            // The links live in freed blocks, where a use-after-free write
+            // can reach them: each block is checked to be a block of one of
+            // our own segments before it is read.
+            let seg = segment_base_of(b as usize) as *mut Segment;
+            // SAFETY: the segment is read only once the map says it is
+            // live.
+            let ours = segment_map::contains(seg as usize)
+                && unsafe { !(*seg).is_huge && (*seg).owner() == self.id() };
+            let found = if ours {
+                // SAFETY: a live segment of ours.
+                unsafe { find_block(seg, b as usize) }
+            } else {
+                Found::Invalid(Misuse::FreeListCorruption, None)
+            };
+            let Found::Block(page, _) = found else {
+                self.global
+                    .misuse(Misuse::FreeListCorruption, b as usize, None);
+            };
+            // SAFETY: `b` is a block of our own slab or large span, handed
+            // to us by the remote-free protocol.
             unsafe {
                 let next = next_of(b, self.key);
-                let seg = segment_base_of(b as usize) as *mut Segment;
-                if let Found::Block(page, _) = find_block(seg, b as usize) {
-                    if self.harden.contains(Mitigations::BITMAP) && !(*seg).live.clear(b as usize) {
-                        self.free_not_live(page, b);
-                    }
-                    if (*page).kind == SpanKind::Slab && self.slow_paths {
-                        // Checked, zeroed and quarantined by its freer.
-                        self.push_local(page, b);
-                    } else {
-                        self.free_own_block(page, b);
-                    }
+                if self.harden.contains(Mitigations::BITMAP) && !(*seg).live.clear(b as usize) {
+                    self.free_not_live(page, b);
+                }
+                if (*page).kind == SpanKind::Slab && self.slow_paths {
+                    // Checked, zeroed and quarantined by its freer.
+                    self.push_local(page, b);
+                } else {
+                    self.free_own_block(page, b);
                 }
                 b = next;
             }

@@ -9,7 +9,7 @@ use crate::block::{next_of, Block};
 use crate::fatal::Misuse;
 use crate::harden::Mitigations;
 use crate::layout::segment_base_of;
-use crate::remote::RemotePush;
+use crate::remote::{Notify, RemotePush};
 use crate::segment::{segment_of, Segment};
 use crate::segment_map;
 use crate::span::{Span, SpanKind};
@@ -286,6 +286,9 @@ impl Heap {
                     .misuse(Misuse::DoubleFree, start, Some((*page).usable()));
             }
             let len = (*page).slice_count as usize * crate::layout::SLICE_SIZE;
+            // Remote frees of it now report a double free without writing
+            // the link into the inaccessible block.
+            (*page).thread_free.set_notify(Notify::Freed);
             self.global.protect(start, len, false);
             let old = self.large_quarantine.push(start);
             if old != 0 {
@@ -383,6 +386,10 @@ impl Heap {
             let large = (*page).kind == SpanKind::Large;
             match (*page).thread_free.push(b, (*page).secret, false) {
                 RemotePush::MustNotify => self.hand_over(page, seg, b),
+                RemotePush::Freed => {
+                    self.global
+                        .misuse(Misuse::DoubleFree, b as usize, Some((*page).usable()))
+                }
                 // An owned large block's span waits in `Notify` for its one
                 // free, and an abandoned one's list holds at most that one:
                 // anything else means the block was freed already.
