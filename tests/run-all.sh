@@ -121,6 +121,15 @@ qemu_tests() {
     cargo test
 }
 
+# The libFuzzer targets (a crate of their own, built with coverage
+# instrumentation on stable): their own checks, then a fixed number of
+# inputs of each from the committed seeds (which include every input that
+# once crashed), with a fixed seed, so the run is the same on every machine.
+fuzz_tests() {
+    (cd fuzz && cargo fmt --check && cargo clippy --all-targets -- -D warnings && cargo test)
+    FUZZ_RUNS=20000 fuzz/run.sh
+}
+
 # The kernel-heap benchmark shapes (talc's random actions and heap
 # efficiency) check every shape on every allocator in their tests.
 kernel_shapes_tests() {
@@ -148,5 +157,6 @@ run_stage "workspace tests (core, hosted, bare-metal, system)" workspace_tests
 run_stage "real programs and C API under APEX_HARDEN=full" full_hardening_tests
 run_stage "test kernels under QEMU" qemu_tests
 run_stage "kernel heap benchmark shapes (host)" kernel_shapes_tests
+run_stage "fuzz targets: checks and 20000 inputs each" fuzz_tests
 run_stage "benchmark suite smoke pass" bench_smoke
 summary

@@ -208,6 +208,11 @@ impl ThreadFree {
         }
     }
 
+    /// The notify state.
+    pub fn state(&self) -> usize {
+        self.0.load(Ordering::Acquire) & STATE_MASK
+    }
+
     /// How many blocks are on the list (read from the word itself, no
     /// block is touched).
     pub fn count(&self) -> u32 {

@@ -211,7 +211,13 @@ impl Heap {
                 return;
             }
             if own {
-                // Own large block.
+                // Own large block. A live one waits in `Notify` for a remote
+                // free; any other state means another thread freed it
+                // already (it may sit in our delayed list).
+                if (*page).thread_free.state() != Notify::Notify as usize {
+                    self.global
+                        .misuse(Misuse::DoubleFree, addr, Some((*page).usable()));
+                }
                 if self.harden.contains(Mitigations::BITMAP) && !(*seg).live.clear(addr) {
                     self.free_not_live(page, b);
                 }

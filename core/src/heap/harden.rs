@@ -240,12 +240,19 @@ impl Heap {
     unsafe fn free_small_now(&mut self, entry: usize) {
         let addr = entry & !BIT_CLEARED;
         let b = addr as *mut Block;
-        // SAFETY: quarantined blocks are live blocks of slabs that stay
-        // used while they wait (their `used` still counts them).
+        let seg = segment_base_of(addr) as *mut Segment;
+        // A block's slab stays used while it waits here (its `used` still
+        // counts it), so its segment stays too, unless the block had been
+        // freed already when it came in: another thread's block freed
+        // twice, whose slab emptied and whose segment went away meanwhile.
+        if !segment_map::contains(seg as usize) {
+            self.global.misuse(Misuse::DoubleFree, addr, None);
+        }
+        // SAFETY: the segment is live (checked above); `find_block`
+        // validates the pointer.
         unsafe {
-            let seg = segment_base_of(addr) as *mut Segment;
             let Found::Block(page, _) = find_block(seg, addr) else {
-                self.global.misuse(Misuse::InvalidFree, addr, None);
+                self.global.misuse(Misuse::DoubleFree, addr, None);
             };
             if (*seg).owner() == self.id() {
                 if entry & BIT_CLEARED == 0
