@@ -46,7 +46,20 @@ PRELOAD_ALLOCATORS = ["glibc", "jemalloc", "tcmalloc", "mimalloc", "apexalloc"]
 # APEX_HARDEN set): not run by default; name them in --allocators to measure
 # what a preset costs (e.g. --allocators apexalloc-off,apexalloc,apexalloc-full).
 HARDEN_VARIANTS = {"apexalloc-off": "off", "apexalloc-full": "full"}
-PRELOAD_ALLOCATORS_ALL = PRELOAD_ALLOCATORS + list(HARDEN_VARIANTS)
+# Allocators Debian does not package, built from the crate registry's sources
+# by anchors/build.sh into --anchors-dir: opt-in, since building them takes
+# a minute and needs g++ with C++20 (name them in --allocators).  The -secure
+# and -checks builds are their hardened modes, to set against apexalloc-full.
+ANCHOR_ALLOCATORS = {
+    "mimalloc3": "libmimalloc3.so",
+    "snmalloc": "libsnmalloc.so",
+    "mimalloc3-secure": "libmimalloc3-secure.so",
+    "snmalloc-checks": "libsnmalloc-checks.so",
+}
+ANCHORS_BUILD = HERE / "anchors" / "build.sh"
+_APEX_AT = PRELOAD_ALLOCATORS.index("apexalloc")
+PRELOAD_ALLOCATORS_ALL = (PRELOAD_ALLOCATORS[:_APEX_AT] + list(ANCHOR_ALLOCATORS)
+                          + PRELOAD_ALLOCATORS[_APEX_AT:] + list(HARDEN_VARIANTS))
 RUST_ALLOCATORS = ["system", "mimalloc", "apexalloc"]
 
 # Debian package and file name of each preloadable allocator.
@@ -63,6 +76,10 @@ COLOURS = {
     "jemalloc": "#1f77b4",
     "tcmalloc": "#2ca02c",
     "mimalloc": "#ff7f0e",
+    "mimalloc3": "#e6b800",
+    "mimalloc3-secure": "#8c6d00",
+    "snmalloc": "#9467bd",
+    "snmalloc-checks": "#4b2a6b",
     "apexalloc": "#d62728",
     "apexalloc-off": "#ff9896",
     "apexalloc-full": "#8c1d1d",
@@ -866,6 +883,12 @@ def resolve_allocators(ctx, wanted, probe):
                 log("apexalloc: %s not found, skipping apexalloc "
                     "(build it with: cargo build --release -p apexalloc-preload)" % lib)
                 continue
+        elif a in ANCHOR_ALLOCATORS:
+            lib = str(Path(ctx.args.anchors_dir).resolve() / ANCHOR_ALLOCATORS[a])
+            if not os.path.exists(lib):
+                warn("%s: %s not found, skipping (build it with %s or --build-anchors)"
+                     % (a, lib, ANCHORS_BUILD.relative_to(REPO)))
+                continue
         else:
             pkg, filename = ALLOCATOR_PACKAGES[a]
             lib = find_library(pkg, filename)
@@ -1023,15 +1046,15 @@ def write_svg(path, summary, title):
     workloads = list(summary)
     # Every allocator keeps the same position inside each group (system,
     # the Rust default, shares glibc's position and colour).
-    slot_of = {a: i for i, a in enumerate(PRELOAD_ALLOCATORS)}
+    slot_of = {a: i for i, a in enumerate(PRELOAD_ALLOCATORS_ALL)}
     slot_of["system"] = slot_of["glibc"]
     used = []
     for per in summary.values():
         for a in per:
             if a not in used:
                 used.append(a)
-    slots = sorted({slot_of.get(a, len(PRELOAD_ALLOCATORS)) for a in used})
-    pos = {a: slots.index(slot_of.get(a, len(PRELOAD_ALLOCATORS))) for a in used}
+    slots = sorted({slot_of.get(a, len(PRELOAD_ALLOCATORS_ALL)) for a in used})
+    pos = {a: slots.index(slot_of.get(a, len(PRELOAD_ALLOCATORS_ALL))) for a in used}
     legend = []
     for a in used:
         if a == "system" and "glibc" in used:
@@ -1175,9 +1198,10 @@ def parse_args(argv):
     p.add_argument("--workloads", default=",".join(ALL_WORKLOADS),
                    help="comma-separated workloads (default: all): " + ",".join(ALL_WORKLOADS))
     p.add_argument("--allocators", default=",".join(PRELOAD_ALLOCATORS),
-                   help="comma-separated allocators (default: %s); rust-alloc uses "
+                   help="comma-separated allocators (default: %s; also: %s); rust-alloc uses "
                         "system/mimalloc/apexalloc, where glibc selects system"
-                   % ",".join(PRELOAD_ALLOCATORS))
+                   % (",".join(PRELOAD_ALLOCATORS),
+                      ",".join(a for a in PRELOAD_ALLOCATORS_ALL if a not in PRELOAD_ALLOCATORS)))
     p.add_argument("--runs", type=int, default=None, help="repetitions (default 5, smoke 1)")
     p.add_argument("--threads", type=int, default=cores, help="threads (default: cores = %d)" % cores)
     p.add_argument("--scale", type=float, default=None,
@@ -1193,6 +1217,11 @@ def parse_args(argv):
                    help="first run: cargo build --release -p apexalloc-preload")
     p.add_argument("--require-apex", action="store_true",
                    help="fail (exit 1) if apexalloc is unavailable instead of skipping it")
+    p.add_argument("--anchors-dir", default=str(REPO / "target" / "anchors"),
+                   help="where anchors/build.sh puts the mimalloc3/snmalloc libraries")
+    p.add_argument("--build-anchors", action="store_true",
+                   help="first run anchors/build.sh (builds mimalloc3/snmalloc and their hardened "
+                        "modes if one is selected and they are missing)")
     p.add_argument("--criterion", action="store_true",
                    help="also run the criterion GlobalAlloc micro-benchmarks")
     p.add_argument("--no-install", action="store_true",
@@ -1247,6 +1276,15 @@ def run_suite(args, out_dir, tmp, started):
         if r is None or r.returncode != 0:
             warn("apexalloc-preload failed to build:\n" +
                  (r.stdout.decode(errors="replace")[-3000:] if r else ""))
+
+    if args.build_anchors and any(a in ANCHOR_ALLOCATORS for a in args.allocators):
+        log("building the anchor allocators (%s)" % ", ".join(ANCHOR_ALLOCATORS))
+        r = quiet_run(["bash", str(ANCHORS_BUILD), str(Path(args.anchors_dir).resolve())], 1800)
+        if r is None or r.returncode != 0:
+            warn("anchors/build.sh failed:\n" +
+                 (r.stdout.decode(errors="replace")[-3000:] if r else ""))
+        else:
+            log(r.stdout.decode(errors="replace").strip())
 
     probe = build_probe(ctx)
     ctx.measure = build_helper(ctx, "measure")
@@ -1325,19 +1363,21 @@ def run_suite(args, out_dir, tmp, started):
     allocs_all = []
     for _, allocs in plan:
         allocs_all += [a for a in allocs if a not in allocs_all]
-    log("%-14s" % "time (s)" + "".join("%12s" % a for a in allocs_all))
+    # Columns at least 12 wide, wider for long names (e.g. mimalloc3-secure).
+    width = {a: max(11, len(a)) + 1 for a in allocs_all}
+    log("%-14s" % "time (s)" + "".join("%*s" % (width[a], a) for a in allocs_all))
     for wl, per in summary.items():
         cells = []
         for a in allocs_all:
             s = per.get(a)
             if s is None:
-                cells.append("%12s" % "")
+                cells.append("%*s" % (width[a], ""))
             elif s["time"] is None:
                 bad = [k for k in s["statuses"] if k != "ok"]
-                cells.append("%12s" % (bad[0].upper() if bad else "-"))
+                cells.append("%*s" % (width[a], bad[0].upper() if bad else "-"))
             else:
                 mark = "" if s["ok"] == s["runs"] else "*"  # some runs failed
-                cells.append("%12s" % (fmt(s["time"], "%.3f") + mark))
+                cells.append("%*s" % (width[a], fmt(s["time"], "%.3f") + mark))
         log("%-14s" % wl + "".join(cells))
     log("(median seconds; * = some runs failed)")
     log("results: %s, %s, %s" % (out_dir / "results.csv", out_dir / "results.md",

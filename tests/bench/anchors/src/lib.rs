@@ -1,0 +1,1 @@
+//! Empty: this package only pins the allocator source crates that `build.sh` compiles.
