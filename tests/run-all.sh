@@ -122,12 +122,15 @@ qemu_tests() {
 }
 
 # The libFuzzer targets (a crate of their own, built with coverage
-# instrumentation on stable): their own checks, then a fixed number of
-# inputs of each from the committed seeds (which include every input that
-# once crashed), with a fixed seed, so the run is the same on every machine.
+# instrumentation on stable): their own checks; every committed seed (which
+# include every input that once crashed) replayed, which must pass; then
+# 20000 fresh inputs of each, whose executions are reported and whose new
+# findings are shown and kept under fuzz/artifacts/ without failing the
+# stage: what fuzzing explores varies from run to run, and a test command
+# must not fail by chance.
 fuzz_tests() {
     (cd fuzz && cargo fmt --check && cargo clippy --all-targets -- -D warnings && cargo test)
-    FUZZ_RUNS=20000 fuzz/run.sh
+    FUZZ_RUNS=20000 FUZZ_CRASH_FAILS=0 fuzz/run.sh
 }
 
 # The kernel-heap benchmark shapes (talc's random actions and heap
@@ -157,6 +160,6 @@ run_stage "workspace tests (core, hosted, bare-metal, system)" workspace_tests
 run_stage "real programs and C API under APEX_HARDEN=full" full_hardening_tests
 run_stage "test kernels under QEMU" qemu_tests
 run_stage "kernel heap benchmark shapes (host)" kernel_shapes_tests
-run_stage "fuzz targets: checks and 20000 inputs each" fuzz_tests
+run_stage "fuzz targets: checks, seed replay, 20000 inputs each" fuzz_tests
 run_stage "benchmark suite smoke pass" bench_smoke
 summary

@@ -147,6 +147,10 @@ impl Heap {
         let h = heap.as_ptr();
         // SAFETY: the caller hands over the heap exclusively.
         unsafe {
+            // Blocks other threads handed over first: draining them may
+            // quarantine large ones, which the flush then frees for real
+            // (a quarantine left behind would keep them inaccessible).
+            (*h).drain_delayed();
             (*h).flush_quarantine();
             (*h).abandon_all();
             let g = (*h).global;
