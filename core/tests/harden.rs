@@ -381,3 +381,32 @@ fn zero_byte_huge_aligned_block_is_inside_its_reservation() {
         unsafe { heap.free(p) };
     }
 }
+
+/// `owns` is true inside segments and at an over-aligned huge block's
+/// start, and false just past a segment's end (which `segment_base_of`
+/// maps to that segment).
+#[test]
+fn owns_knows_segment_ends_from_aligned_huge_blocks() {
+    use apex_core::layout::SEGMENT_SIZE;
+    let (_g, hb) = heap_with(Mitigations::DEFAULT);
+    let heap = hb.get();
+    let small = heap.malloc(64);
+    assert!(apex_core::owns(small));
+    let seg = small as usize & !(SEGMENT_SIZE - 1);
+    let past_end = seg + SEGMENT_SIZE;
+    // Unless a segment of ours starts right there.
+    if !apex_core::segment_map::contains(past_end) {
+        assert!(
+            !apex_core::owns(past_end as *const u8),
+            "the address after a segment"
+        );
+    }
+    let huge = heap.malloc_aligned(100, SEGMENT_SIZE * 2);
+    assert_eq!(huge as usize % (SEGMENT_SIZE * 2), 0);
+    assert!(apex_core::owns(huge), "an over-aligned huge block's start");
+    // SAFETY: live blocks, freed once.
+    unsafe {
+        heap.free(huge);
+        heap.free(small);
+    }
+}

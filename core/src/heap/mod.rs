@@ -23,7 +23,8 @@ use crate::fatal::Misuse;
 use crate::global::Global;
 use crate::harden::Mitigations;
 use crate::layout::{
-    segment_base_of, MAX_CLASS_SIZE, MIN_ALIGN, SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE,
+    segment_base_of, MAX_CLASS_SIZE, MIN_ALIGN, SEGMENT_MASK, SLICES_PER_SEGMENT, SLICE_SHIFT,
+    SLICE_SIZE,
 };
 use crate::list::List;
 use crate::queues::SlabQueues;
@@ -577,9 +578,26 @@ unsafe fn usable_size_slow(seg: *mut Segment, addr: usize) -> usize {
     }
 }
 
-/// Whether `p` lies in a segment of this allocator (any instance).
+/// Whether `p` lies in memory of this allocator (any instance): inside one
+/// of its segments, or at the start of a huge block aligned to a segment
+/// boundary (whose header sits one segment earlier). A pointer just past
+/// the end of a segment is not ours, although `segment_base_of` maps it to
+/// that segment.
 pub fn owns(p: *const u8) -> bool {
-    segment_map::contains(segment_base_of(p as usize))
+    let addr = p as usize;
+    if addr & SEGMENT_MASK != 0 {
+        return segment_map::contains(addr & !SEGMENT_MASK);
+    }
+    if segment_map::contains(addr) {
+        return true;
+    }
+    let before = addr.wrapping_sub(crate::layout::SEGMENT_SIZE);
+    // SAFETY: the map says a live segment header is there.
+    segment_map::contains(before)
+        && unsafe {
+            let s = &*(before as *const Segment);
+            s.is_huge && s.slices[HEADER_SLICES].start == addr
+        }
 }
 
 /// Sums every heap's counters with the global ones.
