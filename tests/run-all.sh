@@ -108,6 +108,8 @@ build_docs() {
 
 workspace_tests() {
     cargo test --workspace --no-fail-fast
+    # The kernel build's layout (4 MiB segments), on the host.
+    cargo test -p apex-core --features small-segments --no-fail-fast
 }
 
 # The default preset runs in `workspace_tests`; the strictest one must keep

@@ -594,6 +594,8 @@ impl Segment {
 mod tests {
     use super::*;
 
+    // Slice numbers up to 200: the 512 slices of a hosted segment.
+    #[cfg(not(feature = "small-segments"))]
     #[test]
     fn resident_runs_are_found_counted_and_cleared() {
         let mut bits = [0u64; RESIDENT_WORDS];
