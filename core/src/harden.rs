@@ -58,10 +58,12 @@ bitflags! {
         /// still be zero when it is handed out again, so a write after free
         /// is caught.
         const ZERO = 1 << 6;
-        /// Use after free: freed small blocks wait in a FIFO quarantine
-        /// before they can be reused, and freed large blocks are made
-        /// inaccessible while they wait, so a dangling pointer does not
-        /// reach the next owner's data soon after the free.
+        /// Use after free: a thread's freed small blocks of its own wait
+        /// in a FIFO quarantine before they can be reused, and freed large
+        /// blocks are made inaccessible while they wait, so a dangling
+        /// pointer does not reach the next owner's data soon after the
+        /// free. (Another thread's blocks go back to their owner at once,
+        /// where the live-block bitmap catches a second free.)
         const QUARANTINE = 1 << 7;
         /// Cross-class reuse: a slab keeps its size class while its segment
         /// lives (an empty slab goes back to its class, never to another

@@ -307,6 +307,15 @@ impl Heap {
         unsafe {
             // Wait out a remote thread still finishing a notification.
             (*page).thread_free.set_notify(Notify::Normal);
+            // An empty slab has no block out, so nothing can be waiting on
+            // its remote list but a block freed twice (once here, once by
+            // another thread): dropping it would let that stale free reach
+            // the block's next owner.
+            if (*page).kind == SpanKind::Slab && (*page).thread_free.count() != 0 {
+                let b = (*page).thread_free.peek() as usize;
+                self.global
+                    .misuse(Misuse::DoubleFree, b, Some((*page).usable()));
+            }
             (*page).thread_free.reset();
             (*page).in_full = false;
             let seg = segment_of(page);

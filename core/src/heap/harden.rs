@@ -220,7 +220,12 @@ impl Heap {
             if self.harden.contains(Mitigations::ZERO) {
                 ptr::write_bytes(b as *mut u8, 0, bs);
             }
-            if !self.harden.contains(Mitigations::QUARANTINE) {
+            // Only own blocks wait here. Another heap's block goes to its
+            // owner at once, whose live-block bitmap then catches a second
+            // free of it; held here, a block freed twice could be handed
+            // out again meanwhile, and the stale free would then reach its
+            // next owner.
+            if !self.harden.contains(Mitigations::QUARANTINE) || !own_bit_cleared {
                 return self.free_small_now(b as usize | own_bit_cleared as usize);
             }
             if self.quarantine.holds(b as usize) {
