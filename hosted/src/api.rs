@@ -209,6 +209,14 @@ pub unsafe fn realloc_aligned(p: *mut u8, align: usize, size: usize) -> *mut u8 
 /// # Safety
 /// `p` must be null, foreign, or a live block of this allocator.
 pub unsafe fn usable_size(p: *const u8) -> usize {
+    // The common case first: a block of the default engine. Only its
+    // segments are in the core's map, so bootstrap and classic-engine
+    // blocks get 0 here and are looked up below.
+    // SAFETY: forwarded from the caller.
+    let n = unsafe { apex_core::usable_size(p) };
+    if n != 0 {
+        return n;
+    }
     if bootstrap::contains(p) {
         return bootstrap::size_of(p);
     }
@@ -216,8 +224,7 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
         // SAFETY: forwarded from the caller.
         return unsafe { strategy::usable_size(p) };
     }
-    // SAFETY: forwarded from the caller.
-    unsafe { apex_core::usable_size(p) }
+    0
 }
 
 /// Returns free memory of the calling thread's heap and all cached memory
