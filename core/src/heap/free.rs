@@ -399,7 +399,7 @@ impl Heap {
                     self.free_not_live(page, b);
                 }
                 if (*page).kind == SpanKind::Slab && self.slow_paths {
-                    // Checked, zeroed and quarantined by its freer.
+                    // Its canary was checked and it was zeroed by its freer.
                     self.push_local(page, b);
                 } else {
                     self.free_own_block(page, b);

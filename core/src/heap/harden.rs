@@ -22,11 +22,6 @@ const CANARY_BYTES: usize = 8;
 pub(super) const QUARANTINE_SLOTS: usize = 128;
 /// Large blocks held back (inaccessible) per heap.
 pub(super) const LARGE_QUARANTINE_SLOTS: usize = 8;
-/// An entry of the small quarantine whose live bit was already cleared
-/// (an own block, checked when it was freed). Blocks are 16-aligned, so
-/// the low bit is free.
-const BIT_CLEARED: usize = 1;
-
 /// A FIFO of blocks waiting before they can be reused.
 pub(super) struct Quarantine<const N: usize> {
     slots: [usize; N],
@@ -43,7 +38,7 @@ impl<const N: usize> Quarantine<N> {
 
     /// Whether `addr` is waiting here.
     fn holds(&self, addr: usize) -> bool {
-        self.slots.iter().any(|&e| e & !BIT_CLEARED == addr)
+        self.slots.contains(&addr)
     }
 
     /// Puts `entry` in and returns the oldest entry it displaces (0 if
@@ -193,20 +188,15 @@ impl Heap {
     }
 
     /// A slab block freed under the `full` preset (own or another heap's):
-    /// its canary checked, its contents zeroed, then held in the
-    /// quarantine; the block it displaces is freed for real.
+    /// its canary checked, its contents zeroed, then, if it is our own,
+    /// held in the quarantine (the block it displaces is freed for real).
     ///
     /// # Safety
     /// `b` is a live block of the slab `page`, given up by the caller; for
-    /// an own block its live bit is already cleared (`own_bit_cleared`).
+    /// an own block (`own`) its live bit is already cleared.
     #[cold]
     #[inline(never)]
-    pub(super) unsafe fn free_small_hardened(
-        &mut self,
-        page: *mut Span,
-        b: *mut Block,
-        own_bit_cleared: bool,
-    ) {
+    pub(super) unsafe fn free_small_hardened(&mut self, page: *mut Span, b: *mut Block, own: bool) {
         // SAFETY: the caller's contract.
         unsafe {
             let bs = (*page).block_size;
@@ -225,52 +215,44 @@ impl Heap {
             // free of it; held here, a block freed twice could be handed
             // out again meanwhile, and the stale free would then reach its
             // next owner.
-            if !self.harden.contains(Mitigations::QUARANTINE) || !own_bit_cleared {
-                return self.free_small_now(b as usize | own_bit_cleared as usize);
+            if !own {
+                return self.free_remote(segment_of(page), page, b);
+            }
+            if !self.harden.contains(Mitigations::QUARANTINE) {
+                return self.push_local(page, b);
             }
             if self.quarantine.holds(b as usize) {
                 self.global
                     .misuse(Misuse::DoubleFree, b as usize, Some((*page).usable()));
             }
-            let old = self.quarantine.push(b as usize | own_bit_cleared as usize);
+            let old = self.quarantine.push(b as usize);
             if old != 0 {
-                self.free_small_now(old);
+                self.release_quarantined(old);
             }
         }
     }
 
-    /// Frees a small block for real: onto its slab's local list if the
-    /// slab is ours (clearing its live bit unless `entry` says that was
-    /// done), else through the remote path.
-    unsafe fn free_small_now(&mut self, entry: usize) {
-        let addr = entry & !BIT_CLEARED;
-        let b = addr as *mut Block;
+    /// Frees a quarantined block for real, onto its slab's local list.
+    /// Its slab stays ours and used while it waits (its `used` still counts
+    /// it, and a heap empties its quarantine before it gives its segments
+    /// up), so the block is checked, not trusted, only against corruption
+    /// of the heap itself.
+    unsafe fn release_quarantined(&mut self, addr: usize) {
         let seg = segment_base_of(addr) as *mut Segment;
-        // A block's slab stays used while it waits here (its `used` still
-        // counts it), so its segment stays too, unless the block had been
-        // freed already when it came in: another thread's block freed
-        // twice, whose slab emptied and whose segment went away meanwhile.
-        if !segment_map::contains(seg as usize) {
+        // SAFETY: read only once the map says the segment is live.
+        let ours = segment_map::contains(seg as usize) && unsafe { (*seg).owner() } == self.id();
+        let found = if ours {
+            // SAFETY: a live segment of ours; `find_block` validates the
+            // pointer.
+            unsafe { find_block(seg, addr) }
+        } else {
+            Found::Invalid(Misuse::DoubleFree, None)
+        };
+        let Found::Block(page, _) = found else {
             self.global.misuse(Misuse::DoubleFree, addr, None);
-        }
-        // SAFETY: the segment is live (checked above); `find_block`
-        // validates the pointer.
-        unsafe {
-            let Found::Block(page, _) = find_block(seg, addr) else {
-                self.global.misuse(Misuse::DoubleFree, addr, None);
-            };
-            if (*seg).owner() == self.id() {
-                if entry & BIT_CLEARED == 0
-                    && self.harden.contains(Mitigations::BITMAP)
-                    && !(*seg).live.clear(addr)
-                {
-                    self.free_not_live(page, b);
-                }
-                self.push_local(page, b);
-            } else {
-                self.free_remote(seg, page, b);
-            }
-        }
+        };
+        // SAFETY: an own live block of the slab `page`, its bit cleared.
+        unsafe { self.push_local(page, addr as *mut Block) };
     }
 
     /// Frees every quarantined block for real (the heap is going away, or
@@ -278,7 +260,7 @@ impl Heap {
     pub(super) fn flush_quarantine(&mut self) {
         let mut q = core::mem::replace(&mut self.quarantine, Quarantine::new());
         // SAFETY: quarantined entries are blocks given up earlier.
-        q.drain(|e| unsafe { self.free_small_now(e) });
+        q.drain(|e| unsafe { self.release_quarantined(e) });
         let mut q = core::mem::replace(&mut self.large_quarantine, Quarantine::new());
         // SAFETY: as above; large entries are own, inaccessible blocks.
         q.drain(|e| unsafe { self.free_large_now(e) });
