@@ -37,9 +37,10 @@ pub enum Notify {
     Notify = 1,
     /// A remote thread is telling the owner right now.
     Notifying = 2,
-    /// The span's one large block is freed and waits, inaccessible, in its
-    /// owner's quarantine: any remote free of it is a double free, and
-    /// nothing may be written into it.
+    /// The span's one large block is freed: handed over to its owner's
+    /// delayed list, or waiting, inaccessible, in its owner's quarantine.
+    /// Any remote free of it is a double free, and nothing may be written
+    /// into it.
     Freed = 3,
 }
 
@@ -148,11 +149,13 @@ impl ThreadFree {
         }
     }
 
-    /// Returns a `Notifying` span to `Normal`.
-    pub fn end_notifying(&self) {
+    /// Ends a `Notifying` phase in state `then`: `Normal` for a slab,
+    /// `Freed` for a large block (its one block has been freed, so any
+    /// further remote free of it is a double free).
+    pub fn end_notifying(&self, then: Notify) {
         let mut cur = self.0.load(Ordering::Relaxed);
         loop {
-            let new = (cur & !STATE_MASK) | Notify::Normal as usize;
+            let new = (cur & !STATE_MASK) | then as usize;
             match self
                 .0
                 .compare_exchange_weak(cur, new, Ordering::Release, Ordering::Relaxed)

@@ -244,7 +244,12 @@ impl Heap {
                 self.global.fork_gate().run_handoff_hook();
                 let owner = (*seg).owner.load(Ordering::Acquire) as *const Heap;
                 (*owner).delayed.push(b, (*owner).key);
-                (*page).thread_free.end_notifying();
+                let then = if (*page).kind == SpanKind::Large {
+                    Notify::Freed
+                } else {
+                    Notify::Normal
+                };
+                (*page).thread_free.end_notifying(then);
             } else if (*page).kind == SpanKind::Large || pushed == RemotePush::Freed {
                 // Someone else handed this large block over meanwhile.
                 self.global

@@ -385,14 +385,13 @@ impl Heap {
                         .misuse(Misuse::DoubleFree, b as usize, Some((*page).usable()))
                 }
                 // An owned large block's span waits in `Notify` for its one
-                // free, and an abandoned one's list holds at most that one:
-                // anything else means the block was freed already.
-                RemotePush::Pushed
-                    if large && ((*seg).owner() != 0 || (*page).thread_free.count() > 1) =>
-                {
-                    self.global
-                        .misuse(Misuse::DoubleFree, b as usize, Some((*page).usable()))
-                }
+                // free (and is `Freed` once that free was handed over); an
+                // abandoned one's list holds at most that one free. (The
+                // owner is not consulted: an adopter may be taking the
+                // segment over right now.)
+                RemotePush::Pushed if large && (*page).thread_free.count() > 1 => self
+                    .global
+                    .misuse(Misuse::DoubleFree, b as usize, Some((*page).usable())),
                 _ => {}
             }
         }
