@@ -225,10 +225,15 @@ fn rss_falls_after_burst_without_trim() {
 }
 
 /// 4 threads x 1M random operations with pattern checks and blocks
-/// handed across threads.
+/// handed across threads, then 8 threads x 500k, three rounds each: races
+/// between remote frees and adoption show up in a fraction of runs, so
+/// one run proves little.
 #[test]
 fn multithreaded_random_with_verification() {
-    run_program("mt_random.c", &["4", "1000000"], Duration::from_secs(120));
+    for _ in 0..3 {
+        run_program("mt_random.c", &["4", "1000000"], Duration::from_secs(120));
+        run_program("mt_random.c", &["8", "500000"], Duration::from_secs(120));
+    }
 }
 
 /// Allocation in pthread-key destructors that run after the allocator's
