@@ -48,6 +48,10 @@ pub struct Global {
     pressure: AtomicBool,
     /// Operations a `fork` must wait out (see [`crate::fork`]).
     fork: ForkGate,
+    /// Held while memory goes back to the provider, and by readers of
+    /// other heaps' segment headers (statistics), which must not see a
+    /// header unmapped under them.
+    pub(crate) release_lock: Mutex<()>,
 }
 
 /// 2^64 divided by the golden ratio: an odd constant with well-mixed bits,
@@ -81,6 +85,7 @@ impl Global {
             retired: HeapStats::new(),
             pressure: AtomicBool::new(false),
             fork: ForkGate::new(),
+            release_lock: Mutex::new(()),
         }
     }
 
@@ -319,6 +324,7 @@ impl Global {
     unsafe fn release(&self, base: usize, len: usize) {
         self.stats.reserved.fetch_sub(len, Ordering::Relaxed);
         if let Some(p) = NonNull::new(base as *mut u8) {
+            let _readers_out = self.release_lock.lock();
             // SAFETY: forwarded from the caller.
             unsafe { self.provider.release(p, len) };
         }
@@ -794,6 +800,7 @@ impl Global {
         core::mem::forget(self.heaps.lock());
         core::mem::forget(self.cache.lock());
         core::mem::forget(self.abandoned.lock());
+        core::mem::forget(self.release_lock.lock());
         // After the locks: a guarded operation takes no lock, so it always
         // finishes, while a thread waiting to start one holds none.
         self.fork.quiesce();
@@ -815,6 +822,7 @@ impl Global {
     unsafe fn unlock_locks(&self) {
         // SAFETY: the caller's contract.
         unsafe {
+            self.release_lock.force_unlock();
             self.abandoned.force_unlock();
             self.cache.force_unlock();
             self.heaps.force_unlock();

@@ -1,6 +1,27 @@
-//! Counters. Per-heap counters are written only by their owner with plain
-//! load/store pairs (no read-modify-write on the fast path) and summed by
-//! readers; global counters change on slow paths only.
+//! Counters. Nothing here is written on the fast paths: the only count
+//! they keep is each slab's `used` (in the descriptor they touch anyway).
+//!
+//! Small blocks are counted per size class in batches, where blocks enter
+//! or leave a thread's cache of free blocks:
+//! - `class_mallocs` grows by the blocks put on a slab's `free` list (a
+//!   carve, a collection of local or remote frees, an adopted slab's free
+//!   blocks);
+//! - `class_frees` grows by the local frees a collection takes, by every
+//!   remote free this heap makes, and by a slab's cached blocks (`free` and
+//!   `local_free`) when the slab dies or is abandoned.
+//!
+//! So each block on a live slab's lists is counted once more in
+//! `class_mallocs` than in `class_frees`, like a live block; a slab's
+//! cached blocks are `capacity - used` (its descriptor says so), and the
+//! live blocks of a class are `mallocs - frees - cached`. A reader gets the
+//! cached counts from the descriptors of every live heap's slabs (the
+//! heap's `snapshot` does): exact when the heaps are quiescent, and
+//! while they run off by at most the blocks moving at that moment. Blocks
+//! freed by the owner and not collected yet count as neither allocated nor
+//! freed, so operation counts (not live counts) may trail by them.
+//!
+//! Per-heap counters are written only by their owner with plain load/store
+//! pairs and summed by readers; global counters change on slow paths only.
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -48,29 +69,38 @@ impl Default for HeapStats {
 }
 
 impl HeapStats {
-    /// Counts a small block allocated from class `c`.
-    #[inline(always)]
-    pub fn count_class_malloc(&self, c: usize) {
-        debug_assert!(c < NUM_CLASSES);
-        // SAFETY: size classes are always below NUM_CLASSES.
-        bump(unsafe { self.class_mallocs.get_unchecked(c) }, 1);
+    /// Counts `n` blocks of class `c` entering a slab's `free` list.
+    #[inline]
+    pub fn add_class_mallocs(&self, c: usize, n: u64) {
+        if let Some(a) = self.class_mallocs.get(c) {
+            bump(a, n);
+        }
     }
 
-    /// Counts a small block of class `c` freed.
-    #[inline(always)]
-    pub fn count_class_free(&self, c: usize) {
-        debug_assert!(c < NUM_CLASSES);
-        // SAFETY: size classes are always below NUM_CLASSES.
-        bump(unsafe { self.class_frees.get_unchecked(c) }, 1);
+    /// Counts `n` blocks of class `c` freed (see the module comment).
+    #[inline]
+    pub fn add_class_frees(&self, c: usize, n: u64) {
+        if let Some(a) = self.class_frees.get(c) {
+            bump(a, n);
+        }
     }
 
-    /// (allocations, frees, bytes allocated minus bytes freed).
+    /// (allocations, frees, bytes allocated minus bytes freed), for a heap
+    /// with no cached blocks (a retired one's totals).
     pub fn totals(&self) -> (u64, u64, u64) {
+        self.totals_less(&[0; NUM_CLASSES])
+    }
+
+    /// (allocations, frees, bytes allocated minus bytes freed) of a heap
+    /// whose slabs cache `cached[c]` blocks of class `c`: those count as
+    /// neither allocated nor freed.
+    pub fn totals_less(&self, cached: &[u64; NUM_CLASSES]) -> (u64, u64, u64) {
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (mut m, mut f) = (ld(&self.mallocs), ld(&self.frees));
         let mut bytes = ld(&self.malloc_bytes).wrapping_sub(ld(&self.free_bytes));
         for c in 0..NUM_CLASSES {
-            let (cm, cf) = (ld(&self.class_mallocs[c]), ld(&self.class_frees[c]));
+            let cm = ld(&self.class_mallocs[c]).wrapping_sub(cached[c]);
+            let cf = ld(&self.class_frees[c]);
             m += cm;
             f += cf;
             bytes = bytes.wrapping_add(cm.wrapping_sub(cf).wrapping_mul(class_size(c) as u64));

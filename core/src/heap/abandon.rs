@@ -66,6 +66,15 @@ impl Heap {
             // SAFETY: owned segment, unlinked before it is handed on.
             unsafe {
                 self.unlink_segment(seg);
+                // Cached blocks leave this heap's counts (the adopter counts
+                // them in again); remote frees still in flight were counted
+                // by their freers and are not among them.
+                for (idx, _) in Segment::spans(seg) {
+                    let d: *mut Span = &mut (*seg).slices[idx];
+                    if (*d).kind == SpanKind::Slab {
+                        self.count_cached_as_freed(d);
+                    }
+                }
                 self.sweep_segment(seg);
                 if (*seg).used_slices == 0 {
                     (*seg).owner.store(0, Ordering::Release);
@@ -127,6 +136,12 @@ impl Heap {
                 match (*page).kind {
                     SpanKind::Slab => {
                         let p = &mut *page;
+                        // Its cached blocks (remote frees included, swept
+                        // onto its local list) become ours.
+                        self.stats.add_class_mallocs(
+                            p.class as usize,
+                            p.capacity.saturating_sub(p.used) as u64,
+                        );
                         p.in_full = false;
                         let has_room =
                             !p.free.is_null() || !p.local_free.is_null() || p.capacity < p.reserved;

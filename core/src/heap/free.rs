@@ -67,9 +67,6 @@ impl Heap {
             if !self.check_own_free(seg, d, b) {
                 return true;
             }
-            // Counting first lets the `used` decrement feed the emptiness
-            // test directly.
-            self.stats.count_class_free((*d).class as usize);
             (*d).push_local(b);
             if (*d).used == 0 {
                 self.after_local_free(d);
@@ -137,7 +134,6 @@ impl Heap {
             if !self.check_own_free(segment_of(page), page, b) {
                 return;
             }
-            self.stats.count_class_free((*page).class as usize);
             if self.slow_paths {
                 return self.free_small_hardened(page, b, true);
             }
@@ -173,7 +169,6 @@ impl Heap {
                 self.global
                     .misuse(Misuse::DoubleFree, b as usize, Some((*page).usable()));
             }
-            self.stats.count_class_free((*page).class as usize);
             self.push_local(page, b);
         }
     }
@@ -198,7 +193,8 @@ impl Heap {
                 return;
             }
             if !(*seg).is_huge && (*page).kind == SpanKind::Slab {
-                self.stats.count_class_free((*page).class as usize);
+                // A remote free is counted by the heap that makes it.
+                self.stats.add_class_frees((*page).class as usize, 1);
                 if self.slow_paths {
                     return self.free_small_hardened(page, b, false);
                 }
@@ -328,6 +324,10 @@ impl Heap {
             let n = (*page).slice_count as usize;
             (*seg).used_slices -= n;
             self.global.stats.sub_active(n * SLICE_SIZE);
+            if (*page).kind == SpanKind::Slab {
+                // Its cached blocks leave the counts (see `crate::stats`).
+                self.count_cached_as_freed(page);
+            }
             (*page).kind = SpanKind::Free;
             (*page).slice_count = 0;
             self.insert_free(seg, idx, n, true, false);
@@ -402,6 +402,11 @@ impl Heap {
                 let next = next_of(b, self.key);
                 if self.harden.contains(Mitigations::BITMAP) && !(*seg).live.clear(b as usize) {
                     self.free_not_live(page, b);
+                }
+                if (*page).kind == SpanKind::Slab {
+                    // Its freer counted the free; on our local list it
+                    // becomes a cached block (see `crate::stats`).
+                    self.stats.add_class_mallocs((*page).class as usize, 1);
                 }
                 if (*page).kind == SpanKind::Slab && self.slow_paths {
                     // Its canary was checked and it was zeroed by its freer.

@@ -92,6 +92,7 @@ impl Heap {
             let first = (*page).start + (*page).carved;
             let rng = if shuffle { Some(&mut self.rng) } else { None };
             let n = (*page).extend(EXTEND_BYTES, rng);
+            self.stats.add_class_mallocs((*page).class as usize, n as u64);
             if self.harden.contains(Mitigations::ZERO) && !(*page).span_is_zero && n > 0 {
                 let bs = (*page).block_size;
                 // Zero all but each block's link word.
@@ -117,10 +118,20 @@ impl Heap {
                 return;
             }
             let (tf, n) = (*page).thread_free.take();
+            let c = (*page).class as usize;
             if tf.is_null() {
+                // With `free` empty, every carved block not counted in
+                // `used` is on `local_free`: the local frees since the last
+                // collection, counted here in one go.
+                let k = (*page).capacity.saturating_sub((*page).used) as u64;
+                if k > 0 && !(*page).local_free.is_null() {
+                    self.stats.add_class_frees(c, k);
+                    self.stats.add_class_mallocs(c, k);
+                }
                 (*page).collect_local();
                 return;
             }
+            self.stats.add_class_mallocs(c, n as u64);
             if self.harden.contains(Mitigations::BITMAP) {
                 self.clear_remote_bits(page, tf, n);
             }
@@ -225,6 +236,9 @@ impl Heap {
                 self.global
                     .misuse(Misuse::DoubleFree, b as usize, Some((*page).usable()));
             }
+            // Counted freed while it waits; counted back in as a cached
+            // block when it reaches its slab's list (see `crate::stats`).
+            self.stats.add_class_frees((*page).class as usize, 1);
             let old = self.quarantine.push(b as usize);
             if old != 0 {
                 self.release_quarantined(old);
@@ -252,7 +266,10 @@ impl Heap {
             self.global.misuse(Misuse::DoubleFree, addr, None);
         };
         // SAFETY: an own live block of the slab `page`, its bit cleared.
-        unsafe { self.push_local(page, addr as *mut Block) };
+        unsafe {
+            self.stats.add_class_mallocs((*page).class as usize, 1);
+            self.push_local(page, addr as *mut Block);
+        }
     }
 
     /// Frees every quarantined block for real (the heap is going away, or

@@ -37,6 +37,7 @@ use crate::stats::{HeapStats, Snapshot};
 
 mod abandon;
 mod big;
+mod counts;
 mod decay;
 mod free;
 mod harden;
@@ -213,7 +214,7 @@ impl Heap {
             } else {
                 return ptr::null_mut();
             };
-            self.pop_counted(page)
+            self.pop_block(page)
         }
     }
 
@@ -325,22 +326,6 @@ impl Heap {
             .misuse(Misuse::FreeListCorruption, b as usize, Some(size))
     }
 
-    /// [`Heap::pop_block`], counting the block in the statistics.
-    ///
-    /// # Safety
-    /// As [`Heap::pop_block`].
-    #[inline(always)]
-    pub(super) unsafe fn pop_counted(&mut self, page: *mut Span) -> *mut u8 {
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            let b = self.pop_block(page);
-            if !b.is_null() {
-                self.stats.count_class_malloc((*page).class as usize);
-            }
-            b
-        }
-    }
-
     /// A block from the first page of class `c`'s queue, or null.
     ///
     /// # Safety
@@ -356,7 +341,7 @@ impl Heap {
             if page.is_null() {
                 return ptr::null_mut();
             }
-            self.pop_counted(page)
+            self.pop_block(page)
         }
     }
 
@@ -387,7 +372,6 @@ impl Heap {
             let zero = (*page).free_is_zero;
             let b = self.pop_block(page);
             if !b.is_null() {
-                self.stats.count_class_malloc(c);
                 if !zero {
                     ptr::write_bytes(b, 0, size);
                 }
@@ -600,14 +584,18 @@ pub fn owns(p: *const u8) -> bool {
         }
 }
 
-/// Sums every heap's counters with the global ones.
+/// Sums every heap's counters with the global ones. Exact when no thread
+/// is allocating or freeing meanwhile (see [`crate::stats`]).
 pub fn snapshot(global: &Global) -> Snapshot {
     let pool = global.heaps.lock();
     let mut s = global.retired_snapshot();
+    let _headers_stay = global.release_lock.lock();
     pool.for_each_live(size_of::<Heap>(), |h| {
-        // SAFETY: live records are initialised heaps; counters are atomics.
-        let st = unsafe { &(*(h as *const Heap)).stats };
-        let (m, f, bytes) = st.totals();
+        // SAFETY: live records are initialised heaps; counters are atomics;
+        // the segment headers `totals` reads stay mapped (lock above).
+        let h = unsafe { &*(h as *const Heap) };
+        let st = &h.stats;
+        let (m, f, bytes) = h.totals();
         s.mallocs += m;
         s.frees += f;
         s.allocated = s.allocated.wrapping_add(bytes);
