@@ -45,11 +45,11 @@ impl LiveMap {
         // SAFETY: `w < LIVE_WORDS` because the address is masked into the
         // segment.
         let word = unsafe { self.words.get_unchecked_mut(w) };
-        if *word & bit != 0 {
-            return false;
-        }
-        *word |= bit;
-        true
+        // Written unconditionally (a set bit stays as it was), so the
+        // compiler can test and set in one instruction.
+        let old = *word;
+        *word = old | bit;
+        old & bit == 0
     }
 
     /// Marks the block at `addr` free; false (and nothing changed) if it
@@ -59,11 +59,10 @@ impl LiveMap {
         let (w, bit) = position(addr);
         // SAFETY: as in `set`.
         let word = unsafe { self.words.get_unchecked_mut(w) };
-        if *word & bit == 0 {
-            return false;
-        }
-        *word &= !bit;
-        true
+        // As in `set`: a clear bit stays clear.
+        let old = *word;
+        *word = old & !bit;
+        old & bit != 0
     }
 
     /// Clears the bits of `[start, end)` (16-aligned, inside the segment):

@@ -25,7 +25,7 @@ unsafe impl Sync for EmptySpan {}
 static EMPTY_SPAN: EmptySpan = EmptySpan(UnsafeCell::new(Span::EMPTY));
 
 #[inline(always)]
-fn empty_span() -> *mut Span {
+const fn empty_span() -> *mut Span {
     EMPTY_SPAN.0.get()
 }
 
@@ -34,14 +34,18 @@ fn empty_span() -> *mut Span {
 pub struct SlabQueues {
     direct: [*mut Span; DIRECT_SLOTS],
     queues: [List<Span>; NUM_CLASSES],
+    /// Whether the direct table follows the queues; when not, every entry
+    /// stays the never-free span, which sends each allocation out of line.
+    direct_on: bool,
 }
 
 impl SlabQueues {
-    /// Empty queues.
-    pub fn new() -> Self {
+    /// Empty queues, with a direct table in use or not.
+    pub const fn new(direct_on: bool) -> Self {
         SlabQueues {
             direct: [empty_span(); DIRECT_SLOTS],
             queues: [List::new(); NUM_CLASSES],
+            direct_on,
         }
     }
 
@@ -91,13 +95,13 @@ impl SlabQueues {
 
     /// Forgets every queue (the heap gave its segments away).
     pub fn clear(&mut self) {
-        *self = Self::new();
+        *self = Self::new(self.direct_on);
     }
 
     /// Points the direct-table slots of class `c` at its first slab.
     #[inline]
     fn sync_direct(&mut self, c: usize) {
-        if c >= DIRECT_CLASSES {
+        if c >= DIRECT_CLASSES || !self.direct_on {
             return;
         }
         let first = self.queues[c].first;
@@ -181,7 +185,7 @@ impl SlabQueues {
             }
             check(q.last == prev, "queue tail", c)?;
             if c < DIRECT_CLASSES {
-                let want = if q.first.is_null() {
+                let want = if q.first.is_null() || !self.direct_on {
                     empty_span()
                 } else {
                     q.first
@@ -200,6 +204,6 @@ impl SlabQueues {
 
 impl Default for SlabQueues {
     fn default() -> Self {
-        Self::new()
+        Self::new(true)
     }
 }

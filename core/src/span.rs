@@ -305,6 +305,23 @@ impl Span {
         }
         false
     }
+
+    /// How many blocks the list starting at `head` (this slab's `free` or
+    /// `local_free`) holds, following links only to carved blocks of this
+    /// slab and at most `reserved` of them.
+    ///
+    /// # Safety
+    /// Only the owning heap may call this.
+    pub unsafe fn list_len(&self, head: *mut Block) -> u32 {
+        let mut cur = head;
+        let mut n = 0u32;
+        while !cur.is_null() && n < self.reserved && self.is_carved_block(cur as usize) {
+            n += 1;
+            // SAFETY: `cur` is a block of this slab (checked above).
+            cur = unsafe { next_of(cur, self.secret) };
+        }
+        n
+    }
 }
 
 impl crate::list::Linked for Span {

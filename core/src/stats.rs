@@ -77,6 +77,15 @@ impl HeapStats {
         }
     }
 
+    /// Takes back `n` blocks of class `c` counted by
+    /// [`HeapStats::add_class_mallocs`] that were never handed out.
+    #[inline]
+    pub fn sub_class_mallocs(&self, c: usize, n: u64) {
+        if let Some(a) = self.class_mallocs.get(c) {
+            bump(a, n.wrapping_neg());
+        }
+    }
+
     /// Counts `n` blocks of class `c` freed (see the module comment).
     #[inline]
     pub fn add_class_frees(&self, c: usize, n: u64) {
@@ -88,19 +97,24 @@ impl HeapStats {
     /// (allocations, frees, bytes allocated minus bytes freed), for a heap
     /// with no cached blocks (a retired one's totals).
     pub fn totals(&self) -> (u64, u64, u64) {
-        self.totals_less(&[0; NUM_CLASSES])
+        self.totals_less(&[0; NUM_CLASSES], &[0; NUM_CLASSES])
     }
 
     /// (allocations, frees, bytes allocated minus bytes freed) of a heap
-    /// whose slabs cache `cached[c]` blocks of class `c`: those count as
-    /// neither allocated nor freed.
-    pub fn totals_less(&self, cached: &[u64; NUM_CLASSES]) -> (u64, u64, u64) {
+    /// whose slabs cache `cached[c]` blocks of class `c`, `freed[c]` of
+    /// which were freed (the rest were never handed out).
+    pub fn totals_less(
+        &self,
+        cached: &[u64; NUM_CLASSES],
+        freed: &[u64; NUM_CLASSES],
+    ) -> (u64, u64, u64) {
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (mut m, mut f) = (ld(&self.mallocs), ld(&self.frees));
         let mut bytes = ld(&self.malloc_bytes).wrapping_sub(ld(&self.free_bytes));
         for c in 0..NUM_CLASSES {
-            let cm = ld(&self.class_mallocs[c]).wrapping_sub(cached[c]);
-            let cf = ld(&self.class_frees[c]);
+            let unused = cached[c].saturating_sub(freed[c]);
+            let cm = ld(&self.class_mallocs[c]).wrapping_sub(unused);
+            let cf = ld(&self.class_frees[c]).wrapping_add(freed[c]);
             m += cm;
             f += cf;
             bytes = bytes.wrapping_add(cm.wrapping_sub(cf).wrapping_mul(class_size(c) as u64));

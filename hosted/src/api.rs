@@ -8,7 +8,7 @@ use apex_core::layout::MIN_ALIGN;
 use apex_core::{Heap, Snapshot};
 
 use crate::thread::{from_shared, own_heap, with_heap};
-use crate::{bootstrap, init, strategy, GLOBAL};
+use crate::{bootstrap, init, strategy, tls, GLOBAL};
 
 /// Allocates `size` bytes (16-byte aligned); null when out of memory.
 ///
@@ -26,10 +26,10 @@ pub fn malloc(size: usize) -> *mut u8 {
 /// A block from the calling thread's heap's fast path, or null.
 #[inline(always)]
 fn try_malloc_fast(size: usize) -> *mut u8 {
-    match own_heap() {
-        Some(h) => h.try_malloc_fast(size),
-        None => ptr::null_mut(),
-    }
+    // SAFETY: the slot holds this thread's heap or the placeholder, on
+    // which the fast path fails without writing; either way nothing else
+    // holds a reference to it during this call.
+    unsafe { (*tls::heap()).try_malloc_fast(size) }
 }
 
 #[cold]
@@ -127,11 +127,10 @@ pub fn zalloc_aligned(size: usize, align: usize) -> *mut u8 {
 /// afterwards.
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
-    if let Some(h) = own_heap() {
-        // SAFETY: forwarded from the caller.
-        if unsafe { h.try_free_fast(p) } {
-            return;
-        }
+    // SAFETY: forwarded from the caller; the slot holds this thread's heap
+    // or the placeholder.
+    if unsafe { Heap::try_free_fast_raw(tls::heap(), p) } {
+        return;
     }
     // SAFETY: forwarded from the caller.
     unsafe { free_slow(p) }
@@ -246,5 +245,5 @@ pub fn stats() -> Snapshot {
     if strategy::classic() {
         return strategy::stats();
     }
-    apex_core::snapshot(&GLOBAL)
+    apex_core::snapshot_from(&GLOBAL, tls::heap())
 }

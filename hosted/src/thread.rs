@@ -72,11 +72,11 @@ extern "C" fn thread_exit(value: *mut libc::c_void) {
 /// The calling thread's heap, if it has a live one (one TLS load).
 #[inline(always)]
 pub(crate) fn own_heap() -> Option<&'static mut Heap> {
-    let h = tls::get();
-    if h >= tls::FIRST_HEAP {
+    let h = tls::heap();
+    if h != tls::placeholder() {
         // SAFETY: the slot holds this thread's live heap, used only by this
         // thread, and only for the duration of one call.
-        Some(unsafe { &mut *(h as *mut Heap) })
+        Some(unsafe { &mut *h })
     } else {
         None
     }
@@ -86,12 +86,12 @@ pub(crate) fn own_heap() -> Option<&'static mut Heap> {
 /// initialising the allocator. The fast path is one TLS load.
 #[inline(always)]
 pub(crate) fn with_heap<R>(f: impl FnOnce(&mut Heap) -> R, boot: impl FnOnce() -> R) -> R {
-    let h = tls::get();
-    if h >= tls::FIRST_HEAP {
+    let h = tls::heap();
+    if h != tls::placeholder() {
         // SAFETY: the slot holds this thread's live heap, used only here.
-        return f(unsafe { &mut *(h as *mut Heap) });
+        return f(unsafe { &mut *h });
     }
-    with_heap_slow(h, f, boot)
+    with_heap_slow(tls::get(), f, boot)
 }
 
 #[cold]

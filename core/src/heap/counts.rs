@@ -18,9 +18,9 @@ pub type ClassCounts = [u64; NUM_CLASSES];
 const MAX_WALKED_SEGMENTS: usize = 1 << 20;
 
 impl Heap {
-    /// Counts the cached blocks of a slab that dies or leaves this heap as
-    /// freed: those on `free` were counted when they were put there, those
-    /// on `local_free` when they were handed out.
+    /// Settles the counts of a slab that dies or leaves this heap: the
+    /// blocks on its `free` list were never handed out (taken back from
+    /// the allocations), those on `local_free` were freed (counted now).
     ///
     /// # Safety
     /// `page` is an own slab.
@@ -28,8 +28,27 @@ impl Heap {
         // SAFETY: the caller's contract.
         unsafe {
             let cached = (*page).capacity.saturating_sub((*page).used);
-            self.stats
-                .add_class_frees((*page).class as usize, cached as u64);
+            let on_free = (*page).list_len((*page).free).min(cached);
+            let c = (*page).class as usize;
+            self.stats.sub_class_mallocs(c, on_free as u64);
+            self.stats.add_class_frees(c, (cached - on_free) as u64);
+        }
+    }
+
+    /// The blocks on the `local_free` lists of this heap's queued slabs,
+    /// per class: frees made and not counted yet (the owner's view).
+    pub fn uncounted_frees(&self, out: &mut ClassCounts) {
+        for (c, n) in out.iter_mut().enumerate() {
+            let mut page = self.queues.first(c);
+            let mut walked = 0;
+            while !page.is_null() && walked < MAX_WALKED_SEGMENTS {
+                // SAFETY: queued pages are own slabs; only the owner calls.
+                unsafe {
+                    *n += (*page).list_len((*page).local_free) as u64;
+                    page = (*page).next;
+                }
+                walked += 1;
+            }
         }
     }
 
@@ -55,12 +74,22 @@ impl Heap {
         }
     }
 
-    /// This heap's (allocations, frees, bytes allocated minus freed), exact
-    /// (see [`crate::stats`]). The owner's view; others use [`snapshot`].
+    /// This heap's (allocations, frees, bytes allocated minus freed) as
+    /// another thread sees them: blocks freed and not collected yet count
+    /// as neither allocated nor freed (see [`crate::stats`]).
     pub fn totals(&self) -> (u64, u64, u64) {
         let mut cached = [0; NUM_CLASSES];
         self.cached_blocks(&mut cached);
-        self.stats.totals_less(&cached)
+        self.stats.totals_less(&cached, &[0; NUM_CLASSES])
+    }
+
+    /// [`Heap::totals`], exact: the owner also counts the frees on its
+    /// slabs' local lists.
+    pub fn own_totals(&self) -> (u64, u64, u64) {
+        let (mut cached, mut freed) = ([0; NUM_CLASSES], [0; NUM_CLASSES]);
+        self.cached_blocks(&mut cached);
+        self.uncounted_frees(&mut freed);
+        self.stats.totals_less(&cached, &freed)
     }
 }
 

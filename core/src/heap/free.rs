@@ -7,7 +7,7 @@ use core::sync::atomic::Ordering;
 use crate::block::{next_of, Block};
 use crate::fatal::Misuse;
 use crate::harden::Mitigations;
-use crate::layout::{segment_base_of, SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE};
+use crate::layout::{segment_base_of, MIN_ALIGN, SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE};
 use crate::remote::{Notify, RemotePush};
 use crate::segment::{segment_of, Segment, HEADER_SLICES};
 use crate::segment_map;
@@ -41,9 +41,23 @@ impl Heap {
     /// As [`Heap::free`].
     #[inline(always)]
     pub unsafe fn try_free_fast(&mut self, p: *mut u8) -> bool {
+        // SAFETY: forwarded from the caller; `self` is a real heap.
+        unsafe { Heap::try_free_fast_raw(self, p) }
+    }
+
+    /// [`Heap::try_free_fast`] through a pointer that may also be a
+    /// [`Heap::placeholder`] shared by many threads: it reads the heap's
+    /// fields in place and takes the heap as `&mut` only on a path a
+    /// placeholder never reaches (a block of its own segment).
+    ///
+    /// # Safety
+    /// As [`Heap::free`]; `this` is the calling thread's heap or a
+    /// placeholder.
+    #[inline(always)]
+    pub unsafe fn try_free_fast_raw(this: *mut Heap, p: *mut u8) -> bool {
         let addr = p as usize;
         let seg_base = segment_base_of(addr);
-        if self.slow_paths || !segment_map::contains(seg_base) {
+        if !segment_map::contains(seg_base) {
             return false;
         }
         // SAFETY: the segment map says a live segment header is there.
@@ -51,8 +65,10 @@ impl Heap {
             let seg = seg_base as *mut Segment;
             // The common case, checked cheaply: a carved block in the
             // first slice of a queued slab of our own segment (one tag
-            // compare). Everything else takes the fully validating slow path.
-            if (*seg).owner() != self.id() {
+            // compare). Everything else takes the fully validating slow path,
+            // as does every free of a heap with slow paths (its
+            // `fast_owner` is no segment's).
+            if (*seg).owner() != (*this).fast_owner {
                 return false;
             }
             // The slice index, wrapped to the segment: the one pointer that
@@ -60,16 +76,35 @@ impl Heap {
             // end) lands on the header's descriptor, which is never a slab.
             let idx = (addr >> SLICE_SHIFT) & (SLICES_PER_SEGMENT - 1);
             let d: *mut Span = (*seg).slices.as_mut_ptr().add(idx);
-            if (*d).tag() != TAG_QUEUED_SLAB || !(*d).is_carved_block(addr) {
+            if (*d).tag() != TAG_QUEUED_SLAB {
                 return false;
             }
             let b = p as *mut Block;
-            if !self.check_own_free(seg, d, b) {
-                return true;
+            // From here on `this` owns the segment: a real heap.
+            let heap = &mut *this;
+            if heap.harden.contains(Mitigations::BITMAP) {
+                // Only handed-out block starts have their bit set, so the
+                // bit alone proves a live block of this slab (no carved
+                // check needed); anything else (a double free, an interior
+                // or never-carved pointer) is told apart by the slow path.
+                // Bits are per 16-byte granule: a pointer into the first
+                // granule of a block must not pass for the block.
+                if !addr.is_multiple_of(MIN_ALIGN) || !(*seg).live.clear(addr) {
+                    return false;
+                }
+            } else {
+                if !(*d).is_carved_block(addr) {
+                    return false;
+                }
+                if !heap.check_own_free(seg, d, b) {
+                    // Freed out of line (a suspected double free that was
+                    // not one).
+                    return true;
+                }
             }
             (*d).push_local(b);
             if (*d).used == 0 {
-                self.after_local_free(d);
+                heap.after_local_free(d);
             }
             true
         }

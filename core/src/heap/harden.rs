@@ -92,7 +92,8 @@ impl Heap {
             let first = (*page).start + (*page).carved;
             let rng = if shuffle { Some(&mut self.rng) } else { None };
             let n = (*page).extend(EXTEND_BYTES, rng);
-            self.stats.add_class_mallocs((*page).class as usize, n as u64);
+            self.stats
+                .add_class_mallocs((*page).class as usize, n as u64);
             if self.harden.contains(Mitigations::ZERO) && !(*page).span_is_zero && n > 0 {
                 let bs = (*page).block_size;
                 // Zero all but each block's link word.

@@ -68,8 +68,19 @@ pub struct Heap {
     /// fields).
     harden: Mitigations,
     /// Set when a mitigation needs the out-of-line malloc and free paths
-    /// (see [`Mitigations::SLOW_PATHS`]): the fast paths test this alone.
+    /// (see [`Mitigations::SLOW_PATHS`]). The fast paths never test it:
+    /// such a heap's direct table stays empty, so its malloc fast path
+    /// finds no block, and its `fast_owner` matches no segment, so its
+    /// free fast path finds no own block.
     slow_paths: bool,
+    /// The owner word of this heap's segments (its id), or
+    /// [`NO_SEGMENT_OWNER`] when every free must take the slow path.
+    fast_owner: usize,
+    /// The malloc fast path's checks: both the link and the bitmap check
+    /// (true), or neither. The fast path is compiled once for each, so it
+    /// tests one flag instead of two; a preset with only one of them has
+    /// no direct table and allocates out of line.
+    fast_checks: bool,
     /// The delayed list's link key.
     key: usize,
     /// Layout randomness (slot order, slab secrets); never used for keys.
@@ -92,6 +103,9 @@ pub struct Heap {
     large_quarantine: harden::Quarantine<{ harden::LARGE_QUARANTINE_SLOTS }>,
 }
 
+/// An owner word no segment ever holds (owners are heap addresses or 0).
+const NO_SEGMENT_OWNER: usize = usize::MAX;
+
 /// What a pointer handed to `free`/`realloc` turned out to be.
 enum Found {
     /// A live block: its span descriptor and usable bytes.
@@ -113,10 +127,20 @@ impl Heap {
         // while it reads the counters of every live heap.
         unsafe {
             let harden = global.mitigations();
+            let slow_paths = harden.intersects(Mitigations::SLOW_PATHS);
+            let checks = Mitigations::LINKS | Mitigations::BITMAP;
+            let fast_checks = harden.contains(checks);
+            let fast_malloc = !slow_paths && (fast_checks || !harden.intersects(checks));
             h.write(Heap {
-                queues: SlabQueues::new(),
+                queues: SlabQueues::new(fast_malloc),
                 harden,
-                slow_paths: harden.intersects(Mitigations::SLOW_PATHS),
+                fast_checks,
+                slow_paths,
+                fast_owner: if slow_paths {
+                    NO_SEGMENT_OWNER
+                } else {
+                    h as usize
+                },
                 key: global.key(),
                 // Distinct per heap record and per instance, never zero.
                 rng: (crate::global::mix64(global.key() ^ h as usize) as u64) | 1,
@@ -137,6 +161,35 @@ impl Heap {
         drop(pool);
         global.stats.heaps_live.fetch_add(1, Ordering::Relaxed);
         NonNull::new(h)
+    }
+
+    /// A heap that serves nothing: its direct table is empty and its
+    /// `fast_owner` is no segment's, so [`Heap::try_malloc_fast`] and
+    /// [`Heap::try_free_fast_raw`] on it always fail, without writing to
+    /// it. A frontend points a thread's heap slot at one while the thread
+    /// has no heap, so its fast paths need no test for "no heap yet" (the
+    /// slow path tells the placeholder from a real heap). Never use any
+    /// other method on it.
+    pub const fn placeholder(global: &'static Global) -> Heap {
+        Heap {
+            queues: SlabQueues::new(false),
+            harden: Mitigations::empty(),
+            fast_checks: false,
+            slow_paths: true,
+            fast_owner: NO_SEGMENT_OWNER,
+            key: 0,
+            rng: 1,
+            global,
+            bins: SpanBins::new(),
+            segments: List::new(),
+            delayed: DelayedList::new(),
+            tick: 0,
+            now: 1,
+            stats: HeapStats::new(),
+            pinned: true,
+            quarantine: harden::Quarantine::new(),
+            large_quarantine: harden::Quarantine::new(),
+        }
     }
 
     /// Abandons the heap's segments (live blocks stay valid and are adopted
@@ -191,30 +244,22 @@ impl Heap {
     /// empty page, a large request). Frontends call it inline and
     /// [`Heap::malloc`] out of line otherwise, so the fast path needs no
     /// stack frame. Requests up to `DIRECT_MAX` bytes find their page with
-    /// one load; larger ones compute their class first.
+    /// one load; larger ones take [`Heap::malloc`].
     #[inline(always)]
-    pub fn try_malloc_fast(&mut self, size: usize) -> *mut u8 {
-        if self.slow_paths {
+    pub fn try_malloc_fast(&self, size: usize) -> *mut u8 {
+        if size > DIRECT_MAX {
             return ptr::null_mut();
         }
         // SAFETY: `direct_index(size) < DIRECT_SLOTS`; direct entries are
-        // queued pages of this heap or the empty page; queued pages belong
-        // to this heap.
+        // queued pages of this heap or the empty page (always, for a heap
+        // with slow paths); queued pages belong to this heap.
         unsafe {
-            // One pop for both branches: two inlined copies would cost the
-            // fast path its frameless shape.
-            let page = if size <= DIRECT_MAX {
-                self.queues.direct(size)
-            } else if size <= MAX_CLASS_SIZE {
-                let page = self.queues.first_unchecked(class_of(size));
-                if page.is_null() {
-                    return ptr::null_mut();
-                }
-                page
+            let page = self.queues.direct(size);
+            if self.fast_checks {
+                self.pop_checked::<true, true>(page)
             } else {
-                return ptr::null_mut();
-            };
-            self.pop_block(page)
+                self.pop_checked::<false, false>(page)
+            }
         }
     }
 
@@ -283,6 +328,38 @@ impl Heap {
     /// `page` must be a queued page of this heap or the empty page.
     #[inline(always)]
     pub(super) unsafe fn pop_block(&mut self, page: *mut Span) -> *mut u8 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let b = if self.harden.contains(Mitigations::LINKS) {
+                if self.harden.contains(Mitigations::BITMAP) {
+                    self.pop_checked::<true, true>(page)
+                } else {
+                    self.pop_checked::<true, false>(page)
+                }
+            } else if self.harden.contains(Mitigations::BITMAP) {
+                self.pop_checked::<false, true>(page)
+            } else {
+                self.pop_checked::<false, false>(page)
+            };
+            if !b.is_null() && self.slow_paths {
+                self.check_reused(page, b as *mut Block);
+            }
+            b
+        }
+    }
+
+    /// [`Heap::pop_block`] with the link check (`LINKS`) and the bitmap
+    /// check (`BITMAP`) chosen at compile time, and without the checks of
+    /// the slow-path presets (a heap with those never reaches the fast
+    /// path with a real page).
+    ///
+    /// # Safety
+    /// As [`Heap::pop_block`].
+    #[inline(always)]
+    pub(super) unsafe fn pop_checked<const LINKS: bool, const BITMAP: bool>(
+        &self,
+        page: *mut Span,
+    ) -> *mut u8 {
         // SAFETY: the caller's contract; the empty page has no free blocks,
         // so it is never written.
         unsafe {
@@ -292,22 +369,25 @@ impl Heap {
             }
             let next = (*page).free as usize;
             // A link that is not a carved block of this slab was forged or
-            // overwritten (a use-after-free write).
-            if self.harden.contains(Mitigations::LINKS)
-                && next != 0
-                && !(*page).is_carved_block(next)
-            {
-                self.corrupt_list(page, b);
+            // overwritten (a use-after-free write). The end of the list
+            // (null) fails the range compare too and is told apart only
+            // then, once per list.
+            // (Each report is a tail call: the fast path keeps no stack
+            // frame.)
+            if LINKS {
+                let off = next.wrapping_sub((*page).start);
+                if off >= (*page).carved {
+                    if next != 0 {
+                        return self.corrupt_list_at(page, b);
+                    }
+                } else if !(*page).is_block_offset(off) {
+                    return self.corrupt_list_at(page, b);
+                }
             }
-            if self.harden.contains(Mitigations::BITMAP)
-                && !(*segment_of(page)).live.set(b as usize)
-            {
-                // A live block on a free list: handing it out would give
-                // one block to two owners.
-                self.corrupt_list(page, b);
-            }
-            if self.slow_paths {
-                self.check_reused(page, b);
+            // A live block on a free list: handing it out would give one
+            // block to two owners.
+            if BITMAP && !(*segment_of(page)).live.set(b as usize) {
+                return self.corrupt_list_at(page, b);
             }
             // Clear the stale link: a live block whose first word still
             // decoded to a free-list link would send every free of it down
@@ -315,6 +395,15 @@ impl Heap {
             (b as *mut usize).write(0);
             b as *mut u8
         }
+    }
+
+    /// [`Heap::corrupt_list`] with the fast path's return type, so that
+    /// the call is a jump.
+    #[cold]
+    #[inline(never)]
+    unsafe fn corrupt_list_at(&self, page: *mut Span, b: *mut Block) -> *mut u8 {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.corrupt_list(page, b) }
     }
 
     #[cold]
@@ -371,10 +460,8 @@ impl Heap {
             // Whether the blocks on the list are known to be zero.
             let zero = (*page).free_is_zero;
             let b = self.pop_block(page);
-            if !b.is_null() {
-                if !zero {
-                    ptr::write_bytes(b, 0, size);
-                }
+            if !b.is_null() && !zero {
+                ptr::write_bytes(b, 0, size);
             }
             b
         }
@@ -587,6 +674,13 @@ pub fn owns(p: *const u8) -> bool {
 /// Sums every heap's counters with the global ones. Exact when no thread
 /// is allocating or freeing meanwhile (see [`crate::stats`]).
 pub fn snapshot(global: &Global) -> Snapshot {
+    snapshot_from(global, ptr::null())
+}
+
+/// [`snapshot`] taken by the thread that owns `own` (null for none): that
+/// heap's operation counts are exact, including the frees waiting on its
+/// slabs' local lists.
+pub fn snapshot_from(global: &Global, own: *const Heap) -> Snapshot {
     let pool = global.heaps.lock();
     let mut s = global.retired_snapshot();
     let _headers_stay = global.release_lock.lock();
@@ -595,7 +689,11 @@ pub fn snapshot(global: &Global) -> Snapshot {
         // the segment headers `totals` reads stay mapped (lock above).
         let h = unsafe { &*(h as *const Heap) };
         let st = &h.stats;
-        let (m, f, bytes) = h.totals();
+        let (m, f, bytes) = if ptr::eq(h, own) {
+            h.own_totals()
+        } else {
+            h.totals()
+        };
         s.mallocs += m;
         s.frees += f;
         s.allocated = s.allocated.wrapping_add(bytes);
