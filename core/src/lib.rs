@@ -62,7 +62,7 @@ pub mod stats;
 pub mod strategy;
 
 pub use global::Global;
-pub use heap::{owns, snapshot, snapshot_from, usable_size, Heap};
+pub use heap::{owns, snapshot, snapshot_from, usable_size, usable_size_or, Heap};
 pub use provider::{Capabilities, PageProvider};
 pub use stats::Snapshot;
 

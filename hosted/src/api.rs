@@ -210,12 +210,18 @@ pub unsafe fn realloc_aligned(p: *mut u8, align: usize, size: usize) -> *mut u8 
 pub unsafe fn usable_size(p: *const u8) -> usize {
     // The common case first: a block of the default engine. Only its
     // segments are in the core's map, so bootstrap and classic-engine
-    // blocks get 0 here and are looked up below.
+    // blocks are looked up after, out of line.
     // SAFETY: forwarded from the caller.
-    let n = unsafe { apex_core::usable_size(p) };
-    if n != 0 {
-        return n;
-    }
+    unsafe { apex_core::usable_size_or(p, usable_size_elsewhere) }
+}
+
+/// [`usable_size`] of a pointer outside the default engine's segments.
+///
+/// # Safety
+/// As [`usable_size`].
+#[cold]
+#[inline(never)]
+unsafe fn usable_size_elsewhere(p: *const u8) -> usize {
     if bootstrap::contains(p) {
         return bootstrap::size_of(p);
     }

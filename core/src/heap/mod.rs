@@ -32,7 +32,7 @@ use crate::remote::{DelayedList, Notify};
 use crate::segment::{segment_of, Segment, HEADER_SLICES};
 use crate::segment_map;
 use crate::size_class::{class_for_aligned, class_of, CLASSES, DIRECT_MAX, NUM_CLASSES};
-use crate::span::{next_random, Span, SpanKind};
+use crate::span::{next_random, Span, SpanKind, TAG_QUEUED_SLAB};
 use crate::stats::{HeapStats, Snapshot};
 
 mod abandon;
@@ -615,37 +615,60 @@ unsafe fn find_block(seg: *mut Segment, addr: usize) -> Found {
 /// # Safety
 /// `p` must be null, foreign, or a live block of this allocator.
 pub unsafe fn usable_size(p: *const u8) -> usize {
+    /// No other allocator to ask.
+    unsafe fn none(_: *const u8) -> usize {
+        0
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { usable_size_or(p, none) }
+}
+
+/// [`usable_size`], asking `other` (with `p`) for pointers that are not
+/// blocks of this allocator, as a tail call: a frontend with memory of its
+/// own (a bootstrap arena) needs no stack frame around the common case.
+///
+/// # Safety
+/// As [`usable_size`]; `other` must accept every such pointer.
+#[inline(always)]
+pub unsafe fn usable_size_or(p: *const u8, other: unsafe fn(*const u8) -> usize) -> usize {
     let addr = p as usize;
     let seg = segment_base_of(addr);
     if !segment_map::contains(seg) {
-        return 0;
+        // SAFETY: the caller's contract.
+        return unsafe { other(p) };
     }
     // SAFETY: a live segment is there; the slice index is masked into
     // the segment (its header slices are never slabs).
     unsafe {
-        // The common case, checked as the free fast path does: a block
-        // boundary in the first slice of a slab.
+        // The common case, checked as the free fast path does (one tag
+        // compare): a block boundary in the first slice of a queued slab.
         let idx = (addr >> SLICE_SHIFT) & (SLICES_PER_SEGMENT - 1);
         let d = (*(seg as *const Segment)).slices.as_ptr().add(idx);
-        if (*d).kind == SpanKind::Slab && (*d).slice_offset == 0 && (*d).is_carved_block(addr) {
+        if (*d).tag() == TAG_QUEUED_SLAB && (*d).is_carved_block(addr) {
             return (*d).usable();
         }
-        usable_size_slow(seg as *mut Segment, addr)
+        usable_size_slow(seg as *mut Segment, addr, other)
     }
 }
 
-/// [`usable_size`] of everything but a block in a slab's first slice; out
-/// of line, so the common case needs no stack frame.
+/// [`usable_size_or`] of everything but a block in a queued slab's first
+/// slice; out of line, so the common case needs no stack frame.
 ///
 /// # Safety
-/// `seg` is the live segment holding `addr`.
+/// `seg` is the live segment holding `addr`; `other` as for
+/// [`usable_size_or`].
 #[cold]
 #[inline(never)]
-unsafe fn usable_size_slow(seg: *mut Segment, addr: usize) -> usize {
+unsafe fn usable_size_slow(
+    seg: *mut Segment,
+    addr: usize,
+    other: unsafe fn(*const u8) -> usize,
+) -> usize {
     // SAFETY: the caller's contract.
     match unsafe { find_block(seg, addr) } {
         Found::Block(_, usable) => usable,
-        _ => 0,
+        // SAFETY: the caller's contract.
+        _ => unsafe { other(addr as *const u8) },
     }
 }
 
