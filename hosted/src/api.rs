@@ -149,7 +149,8 @@ unsafe fn free_slow(p: *mut u8) {
     // them as foreign and ignores them, as it should.
     // SAFETY: forwarded from the caller. A block freed while this thread
     // initialises is leaked rather than touching a heap.
-    with_heap(|h| unsafe { h.free(p) }, || ())
+    // The fast path already failed: straight to the rest.
+    with_heap(|h| unsafe { h.free_not_fast(p) }, || ())
 }
 
 /// Resizes a block (`p` non-null). Null when out of memory (the block stays

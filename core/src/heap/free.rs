@@ -141,9 +141,15 @@ impl Heap {
 
     /// Everything `try_free_fast` leaves: null and foreign pointers, other
     /// heaps' blocks, large and huge blocks, full pages, misuse.
+    ///
+    /// Frontends that ran [`Heap::try_free_fast`] themselves call this
+    /// when it failed, rather than [`Heap::free`], which would try it again.
+    ///
+    /// # Safety
+    /// As [`Heap::free`].
     #[cold]
     #[inline(never)]
-    pub(super) unsafe fn free_not_fast(&mut self, p: *mut u8) {
+    pub unsafe fn free_not_fast(&mut self, p: *mut u8) {
         let addr = p as usize;
         let seg_base = segment_base_of(addr);
         if !segment_map::contains(seg_base) {
@@ -152,8 +158,28 @@ impl Heap {
             }
             return;
         }
-        // SAFETY: a live segment is there.
-        unsafe { self.free_slow(seg_base as *mut Segment, addr) }
+        let seg = seg_base as *mut Segment;
+        // SAFETY: a live segment is there; the descriptor is found as on
+        // the fast path.
+        unsafe {
+            // Another heap's block in the first slice of one of its slabs
+            // (the producer-consumer case): the same checks as the own fast
+            // path, then the remote push. The slab's state is read without
+            // its owner's synchronisation, so it only picks the path; the
+            // push itself follows the remote-free protocol. Our own blocks
+            // are here because something was wrong with them, and take the
+            // fully validating path for an exact report.
+            if !self.slow_paths && (*seg).owner() != self.id() {
+                let idx = (addr >> SLICE_SHIFT) & (SLICES_PER_SEGMENT - 1);
+                let d: *mut Span = (*seg).slices.as_mut_ptr().add(idx);
+                if (*d).tag() == TAG_QUEUED_SLAB && (*d).is_carved_block(addr) {
+                    // A remote free is counted by the heap that makes it.
+                    self.stats.add_class_frees((*d).class as usize, 1);
+                    return self.free_remote(seg, d, addr as *mut Block);
+                }
+            }
+            self.free_slow(seg, addr)
+        }
     }
 
     /// Frees a block of one of this heap's slabs, after its double-free
