@@ -93,6 +93,13 @@ impl SlabQueues {
         q.first == span && q.last == span
     }
 
+    /// Turns the direct table off: every entry becomes the never-free span
+    /// and stays so.
+    pub fn disable_direct(&mut self) {
+        self.direct_on = false;
+        self.direct = [empty_span(); DIRECT_SLOTS];
+    }
+
     /// Forgets every queue (the heap gave its segments away).
     pub fn clear(&mut self) {
         *self = Self::new(self.direct_on);

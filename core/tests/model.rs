@@ -419,3 +419,43 @@ fn stale_pointer_into_a_recycled_segment_is_fatal() {
     // SAFETY: deliberately frees a pointer into a free span.
     unsafe { heap.free(b) };
 }
+
+/// A heap whose fast paths are turned off (for a frontend that watches
+/// every allocation) still allocates and frees correctly, only out of line.
+#[test]
+fn heap_without_fast_paths_still_works() {
+    let (_p, g) = instance();
+    let hb = HeapBox::new(g);
+    let heap = hb.get();
+    heap.disable_fast_paths();
+    let mut live = Vec::new();
+    for i in 0..5_000usize {
+        let size = 1 + (i * 37) % 900;
+        let p = heap.malloc(size);
+        assert!(!p.is_null());
+        // The fast path never serves this heap.
+        assert!(heap.try_malloc_fast(size).is_null());
+        // SAFETY: fresh block of `size` bytes.
+        unsafe { p.write_bytes(i as u8, size) };
+        live.push((p, size, i as u8));
+        if i % 3 == 0 {
+            let (q, n, v) = live.swap_remove(i % live.len());
+            // SAFETY: a live block written above.
+            unsafe {
+                assert!((0..n).all(|k| *q.add(k) == v));
+                assert!(!heap.try_free_fast(q));
+                heap.free(q);
+            }
+        }
+    }
+    for (p, n, v) in live {
+        // SAFETY: live blocks written above.
+        unsafe {
+            assert!((0..n).all(|k| *p.add(k) == v));
+            heap.free(p);
+        }
+    }
+    let s = snapshot(g);
+    assert_eq!(s.mallocs, s.frees, "{s:?}");
+    assert_eq!(s.allocated, 0, "{s:?}");
+}

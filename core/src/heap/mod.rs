@@ -163,6 +163,15 @@ impl Heap {
         NonNull::new(h)
     }
 
+    /// Sends every allocation and free of this heap out of line, where a
+    /// frontend can watch them (a sampling profiler, a leak checker): the
+    /// fast paths then always fail, and cost nothing extra while this is
+    /// not used. Irreversible for the heap's lifetime.
+    pub fn disable_fast_paths(&mut self) {
+        self.queues.disable_direct();
+        self.fast_owner = NO_SEGMENT_OWNER;
+    }
+
     /// A heap that serves nothing: its direct table is empty and its
     /// `fast_owner` is no segment's, so [`Heap::try_malloc_fast`] and
     /// [`Heap::try_free_fast_raw`] on it always fail, without writing to
