@@ -41,6 +41,19 @@ impl LiveMap {
     /// it already was.
     #[inline(always)]
     pub fn set(&mut self, addr: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // One bit-string instruction finds, tests and sets the bit.
+            !self.bit_op::<true>(addr)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        self.set_portable(addr)
+    }
+
+    /// [`LiveMap::set`] in plain Rust.
+    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+    #[inline(always)]
+    fn set_portable(&mut self, addr: usize) -> bool {
         let (w, bit) = position(addr);
         // SAFETY: `w < LIVE_WORDS` because the address is masked into the
         // segment.
@@ -56,6 +69,57 @@ impl LiveMap {
     /// was not handed out.
     #[inline(always)]
     pub fn clear(&mut self, addr: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.bit_op::<false>(addr)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        self.clear_portable(addr)
+    }
+
+    /// Sets (`SET`) or clears the bit of the block at `addr` with `bts` or
+    /// `btr` on the bit string itself, and returns the bit's old value.
+    /// (Their register-offset memory forms address any bit of the string:
+    /// one instruction instead of the word index, the mask, the load, the
+    /// test and the store, which is what they do inside.)
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn bit_op<const SET: bool>(&mut self, addr: usize) -> bool {
+        const GRANULE_SHIFT: u32 = MIN_ALIGN.trailing_zeros();
+        let granule = (addr & SEGMENT_MASK) >> GRANULE_SHIFT;
+        let base = self.words.as_mut_ptr();
+        let old: u8;
+        // SAFETY: `granule < LIVE_WORDS * 64` (the address is masked into
+        // the segment), so the instruction reads and writes only
+        // `words[granule / 64]`, which `&mut self` lets us change.
+        unsafe {
+            if SET {
+                core::arch::asm!(
+                    "bts qword ptr [{base}], {granule}",
+                    "setc {old}",
+                    base = in(reg) base,
+                    granule = in(reg) granule,
+                    old = out(reg_byte) old,
+                    options(nostack),
+                );
+            } else {
+                core::arch::asm!(
+                    "btr qword ptr [{base}], {granule}",
+                    "setc {old}",
+                    base = in(reg) base,
+                    granule = in(reg) granule,
+                    old = out(reg_byte) old,
+                    options(nostack),
+                );
+            }
+        }
+        old != 0
+    }
+
+    /// [`LiveMap::clear`] in plain Rust.
+    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+    #[inline(always)]
+    fn clear_portable(&mut self, addr: usize) -> bool {
         let (w, bit) = position(addr);
         // SAFETY: as in `set`.
         let word = unsafe { self.words.get_unchecked_mut(w) };
@@ -122,6 +186,10 @@ mod tests {
         }
         assert!(m.clear(a));
         assert!(!m.clear(a), "second clear must fail");
+        // The portable forms agree with the ones in use.
+        assert!(!m.set_portable(b) && !m.clear_portable(a));
+        assert!(m.clear_portable(b) && m.set(b));
+        assert!(m.set_portable(a) && m.clear(a));
         assert!(m.is_set(b) && m.is_set(last));
         assert!(m.none_in(base, base + 16 * 64));
         assert!(!m.none_in(base, base + 16 * 65));
