@@ -15,6 +15,7 @@ declare -A needed=(
     [pkg-config]=pkg-config
     [nm]=binutils
     [readelf]=binutils
+    [valgrind]=valgrind
 )
 
 missing=()

@@ -99,6 +99,8 @@ check_format() {
 
 lint() {
     cargo clippy --workspace --all-targets -- -D warnings
+    # The Valgrind client requests and their example exist only with the feature.
+    cargo clippy -p apexalloc --all-targets --features valgrind -- -D warnings
 }
 
 # Warnings (broken intra-doc links, ...) fail the stage.
@@ -144,6 +146,14 @@ kernel_shapes_tests() {
     cargo test --release
 }
 
+# The `apex` command is a package of its own (see the root Cargo.toml).
+apex_command_tests() {
+    cd hosted/cli
+    cargo fmt --check
+    cargo clippy --all-targets -- -D warnings
+    cargo test
+}
+
 bench_smoke() {
     python3 tests/bench/run.py --smoke --require-apex --out target/bench-smoke
 }
@@ -162,6 +172,7 @@ run_stage "workspace tests (core, hosted, bare-metal, system)" workspace_tests
 run_stage "real programs and C API under APEX_HARDEN=full" full_hardening_tests
 run_stage "test kernels under QEMU" qemu_tests
 run_stage "kernel heap benchmark shapes (host)" kernel_shapes_tests
+run_stage "the apex command (run, heap pictures)" apex_command_tests
 run_stage "fuzz targets: checks, seed replay, 20000 inputs each" fuzz_tests
 run_stage "benchmark suite smoke pass" bench_smoke
 summary

@@ -382,14 +382,24 @@ impl Buddy {
     /// rest of the power-of-two block goes back to the free lists, so a
     /// 40 MiB request takes 40 MiB, not 64. Above the largest block the
     /// reservation is a run of free blocks found by a linear search
-    /// (`alloc_run`). Free it with [`Buddy::free_len`] and the same `len`.
+    /// (`alloc_run`), and so is one of at least 2 MiB whose power of two
+    /// has no free block. Free it with [`Buddy::free_len`] and the same
+    /// `len`.
     pub fn alloc_len(&mut self, len: usize, align: usize) -> Option<usize> {
         let align_order = order_for_align(align)?;
         let pages = pages_of(len);
         let Some(order) = order_for_len(len) else {
             return self.alloc_run(pages, block_size(align_order));
         };
-        let addr = self.alloc_aligned(order, align_order)?;
+        let Some(addr) = self.alloc_aligned(order, align_order) else {
+            // No free block of the power of two: a trimmed reservation of
+            // a few MiB may still fit in a run of smaller free blocks (it
+            // is recorded as such a run either way).
+            if trims(pages, order) && pages * PAGE_SIZE >= RUN_STEP {
+                return self.alloc_run(pages, block_size(align_order));
+            }
+            return None;
+        };
         if trims(pages, order) {
             // SAFETY: `addr` is the block of `order` just allocated.
             unsafe { self.trim(addr, order, pages) };

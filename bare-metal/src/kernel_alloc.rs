@@ -1,16 +1,34 @@
 //! `KernelAlloc`: the core's heaps as a kernel's `#[global_allocator]`, one
-//! heap per CPU.
+//! set of heaps per CPU.
 //!
-//! Each CPU allocates from its own heap, so CPUs never contend on the fast
-//! path; a block freed on another CPU goes back through the core's lock-free
-//! remote-free lists. A per-CPU heap is guarded by a re-entrancy flag that
-//! only its own CPU reads and writes, with plain loads and stores (no
-//! locked instruction, no shared cache line: each slot has a cache line of
-//! its own). The flag is set while the CPU is inside its heap, so an
-//! interrupt handler that allocates while the interrupted code was inside
-//! the allocator finds it set and goes to a shared heap (behind a spin lock)
-//! instead of corrupting the heap. CPUs without an index yet (early boot of
-//! an AP) use the shared heap too.
+//! Each CPU allocates from its own heaps, so CPUs never contend on the
+//! fast paths:
+//!
+//! - blocks up to the *slab limit* ([`SLAB_LIMIT`] bytes and alignment by
+//!   default, see [`KernelAlloc::with_slab_limit`]) come from the CPU's
+//!   core heap, slabs of equal blocks in 4 MiB segments; a block freed on
+//!   another CPU goes back through the core's lock-free remote-free lists;
+//! - larger blocks come from the CPU's best-fit instance (see
+//!   [`crate::fit_heap`]), cut to their size from chunks of pages; a block
+//!   freed on another CPU goes onto its owner's lock-free stack. When a
+//!   slab heap has no room left (no 4 MiB-aligned memory for a segment),
+//!   its small blocks come from the best-fit instance too.
+//!
+//! A free tells the two apart without a lookup for big layouts (only the
+//! best-fit instances hold blocks above the slab limit); a small layout's
+//! block is the core's exactly when it lies in one of the core's segments
+//! ([`apex_core::owns`]). So a `Global` behind a `KernelAlloc` must serve
+//! nothing else: the core's huge blocks (which `KernelAlloc` never asks
+//! for) do not cover their segment's whole address range.
+//!
+//! A CPU's heaps are guarded by a re-entrancy flag that only its own CPU
+//! reads and writes, with plain loads and stores (no locked instruction,
+//! no shared cache line: each slot has a cache line of its own). The flag
+//! is set while the CPU is inside its heaps, so an interrupt handler that
+//! allocates while the interrupted code was inside the allocator finds it
+//! set and goes to the shared heaps (behind a spin lock, interrupts
+//! masked) instead of corrupting them. CPUs without an index yet (early
+//! boot of an AP) use the shared heaps too.
 //!
 //! The flag needs the one rule every per-CPU variable needs: a call into
 //! the allocator finishes on the CPU whose index it read. Kernels that
@@ -29,30 +47,106 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{compiler_fence, AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{compiler_fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+use apex_core::fit::{self, Fit, RemoteFrees};
 use apex_core::layout::MIN_ALIGN;
 use apex_core::{Global, Heap, Snapshot};
 use spin::Mutex;
 
+use crate::fit_heap::{RemoteSlot, OWNERS, SHARED};
 use crate::irq;
 use crate::percpu::MAX_CPUS;
 
-/// The shared heap's pointer, which lives in a static behind a lock.
-struct HeapSlot(Option<NonNull<Heap>>);
+/// The default slab limit: no block goes to the slab heaps, every one is
+/// cut to size by best fit (see [`KernelAlloc::with_slab_limit`]).
+pub const SLAB_LIMIT: usize = 0;
 
-// SAFETY: the shared heap is used only while its lock is held.
-unsafe impl Send for HeapSlot {}
+/// A slab limit that puts the blocks the slab heaps serve best (the
+/// small ones, many per slab) there: for kernels that want the slab
+/// heaps' mitigations (free-list and bitmap checks, shuffled slots) on
+/// their small blocks, at some memory (each CPU's heap takes a 4 MiB
+/// segment and a slab per size class in use).
+pub const SMALL_SLAB_LIMIT: usize = 512;
 
-/// One CPU's heap and its re-entrancy flag, alone on a cache line: the
+/// Allocations and frees a slot made through best fit, counted by its
+/// owner with plain loads and stores (read by [`KernelAlloc::stats`]).
+pub(crate) struct Counts {
+    allocs: AtomicU64,
+    frees: AtomicU64,
+    /// Frees of another CPU's blocks (handed to their owner).
+    remote: AtomicU64,
+}
+
+impl Counts {
+    const fn new() -> Self {
+        Counts {
+            allocs: AtomicU64::new(0),
+            frees: AtomicU64::new(0),
+            remote: AtomicU64::new(0),
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn remote_free(&self) {
+        self.remote
+            .store(self.remote.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    #[inline(always)]
+    pub(crate) fn alloc(&self) {
+        self.allocs
+            .store(self.allocs.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    #[inline(always)]
+    pub(crate) fn free(&self) {
+        self.frees
+            .store(self.frees.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+}
+
+/// What a call into a slot works with: the slot's heaps, its owner number
+/// (the CPU index, or [`SHARED`]) and its counters.
+pub(crate) struct Slot<'a> {
+    pub(crate) local: &'a mut Local,
+    pub(crate) who: usize,
+    pub(crate) counts: &'a Counts,
+}
+
+/// A CPU's heaps (or the shared ones), each created on first use.
+pub(crate) struct Local {
+    /// The core's slab heap.
+    pub(crate) heap: Option<NonNull<Heap>>,
+    /// The best-fit instance (see [`crate::fit_heap`]).
+    pub(crate) fit: Option<NonNull<Fit>>,
+}
+
+impl Local {
+    const fn new() -> Self {
+        Local {
+            heap: None,
+            fit: None,
+        }
+    }
+}
+
+/// The shared heaps, which live in a static behind a lock.
+struct SharedSlot(Local, Counts);
+
+// SAFETY: the shared heaps are used only while their lock is held.
+unsafe impl Send for SharedSlot {}
+
+/// One CPU's heaps and its re-entrancy flag, alone on a cache line: the
 /// flag is written on every call, and a line shared with a neighbour's
 /// flag would bounce between the two CPUs.
 #[repr(align(64))]
 struct CpuSlot {
-    /// Set while the CPU is inside `heap`. Only the owning CPU (and its
+    /// Set while the CPU is inside its heaps. Only the owning CPU (and its
     /// interrupt handlers, which run on it) touches it.
     busy: AtomicBool,
-    heap: UnsafeCell<Option<NonNull<Heap>>>,
+    counts: Counts,
+    local: UnsafeCell<Local>,
 }
 
 /// Per-CPU heaps over one allocator instance.
@@ -61,8 +155,17 @@ pub struct KernelAlloc {
     /// Returns the calling CPU's dense index (below `MAX_CPUS`), or `None`
     /// if it has none yet. Kernels usually read it from per-CPU data.
     cpu_index: fn() -> Option<usize>,
+    /// Blocks up to this size and alignment go to the slab heaps: the
+    /// limit asked for, or every block when the instance's mitigations
+    /// need the slab heaps' out-of-line paths (set at the first best-fit
+    /// allocation, see `fit_heap`).
+    pub(crate) slab_limit: AtomicUsize,
     heaps: [CpuSlot; MAX_CPUS],
-    shared: Mutex<HeapSlot>,
+    shared: Mutex<SharedSlot>,
+    /// Each fit instance's remote frees, by owner number.
+    pub(crate) remote: [RemoteSlot; OWNERS],
+    /// Bytes of chunks the fit instances hold.
+    pub(crate) chunk_bytes: AtomicUsize,
     /// Calls that found their CPU's heap busy (an interrupt handler
     /// allocating while the interrupted code was inside the allocator).
     reentries: AtomicUsize,
@@ -77,91 +180,219 @@ pub type OomHandler = fn(Layout) -> bool;
 /// How often one request calls the out-of-memory handler before failing.
 const OOM_RETRIES: usize = 8;
 
-// SAFETY: a CPU slot's heap is used only by its own CPU while its `busy`
-// flag is set (see `with_heap`); the shared heap is behind a lock.
+// SAFETY: a CPU slot's heaps are used only by its own CPU while its `busy`
+// flag is set (see `with_local`); the shared heaps are behind a lock; the
+// remote stacks are atomics.
 unsafe impl Sync for KernelAlloc {}
 
 impl KernelAlloc {
     /// Per-CPU heaps drawing from `global`; `cpu_index` names the calling
-    /// CPU.
+    /// CPU. Every block comes from best fit ([`SLAB_LIMIT`]), unless the
+    /// instance's mitigations include canaries, zeroing or quarantines,
+    /// which only the slab heaps have: then every block comes from those.
     pub const fn new(global: &'static Global, cpu_index: fn() -> Option<usize>) -> Self {
+        Self::with_slab_limit(global, cpu_index, SLAB_LIMIT)
+    }
+
+    /// [`KernelAlloc::new`] with a slab limit (a power of two, at most the
+    /// core's largest size class): blocks up to `limit` bytes and alignment
+    /// go to the slab heaps, larger ones to best fit.
+    /// [`SMALL_SLAB_LIMIT`] gives small blocks the slab heaps' checks for
+    /// a few MiB per CPU; 0 (the default) sends every block to best fit,
+    /// which takes the least memory.
+    pub const fn with_slab_limit(
+        global: &'static Global,
+        cpu_index: fn() -> Option<usize>,
+        limit: usize,
+    ) -> Self {
         KernelAlloc {
             global,
             cpu_index,
+            slab_limit: AtomicUsize::new(limit),
             heaps: [const {
                 CpuSlot {
                     busy: AtomicBool::new(false),
-                    heap: UnsafeCell::new(None),
+                    counts: Counts::new(),
+                    local: UnsafeCell::new(Local::new()),
                 }
             }; MAX_CPUS],
-            shared: Mutex::new(HeapSlot(None)),
+            shared: Mutex::new(SharedSlot(Local::new(), Counts::new())),
+            remote: [const { RemoteSlot(RemoteFrees::new()) }; OWNERS],
+            chunk_bytes: AtomicUsize::new(0),
             reentries: AtomicUsize::new(0),
             oom_handler: AtomicUsize::new(0),
         }
     }
 
-    /// Runs `f` on the calling CPU's heap (created on first use), or on the
-    /// shared heap when that one is busy (re-entered from an interrupt
-    /// handler) or the CPU has no index. Returns `None` only if no heap
-    /// could be created (out of memory).
+    /// Whether a block of this size and alignment belongs to the slab
+    /// heaps.
     #[inline(always)]
-    fn with_heap<R>(&self, f: impl FnOnce(&mut Heap) -> R) -> Option<R> {
-        if let Some(slot) = (self.cpu_index)().and_then(|i| self.heaps.get(i)) {
-            // Only this CPU reads and writes the flag, so a plain load and
-            // store suffice: an interrupt arriving between them runs to
-            // completion (leaving the flag clear) before the store.
-            if !slot.busy.load(Ordering::Relaxed) {
-                slot.busy.store(true, Ordering::Relaxed);
-                // Keep the heap accesses after the flag is set and before
-                // it is cleared, as seen by an interrupt on this CPU.
-                compiler_fence(Ordering::SeqCst);
-                // SAFETY: the flag was clear, so nothing on this CPU is
-                // inside this heap, and no other CPU uses this slot.
-                let r = Self::run(self.global, unsafe { &mut *slot.heap.get() }, f);
-                compiler_fence(Ordering::SeqCst);
-                slot.busy.store(false, Ordering::Relaxed);
-                return r;
+    fn is_small(&self, size: usize, align: usize) -> bool {
+        let limit = self.slab_limit.load(Ordering::Relaxed);
+        size <= limit && align <= limit
+    }
+
+    /// Runs `f` on the calling CPU's heaps (with the CPU's index), or on
+    /// the shared heaps when the CPU's are busy (re-entered from an
+    /// interrupt handler) or the CPU has no index.
+    #[inline(always)]
+    pub(crate) fn with_local<R>(&self, f: impl FnOnce(Slot<'_>) -> R) -> R {
+        if let Some(i) = (self.cpu_index)() {
+            if let Some(slot) = self.heaps.get(i) {
+                // Only this CPU reads and writes the flag, so a plain load
+                // and store suffice: an interrupt arriving between them
+                // runs to completion (leaving the flag clear) before the
+                // store.
+                if !slot.busy.load(Ordering::Relaxed) {
+                    slot.busy.store(true, Ordering::Relaxed);
+                    // Keep the heap accesses after the flag is set and
+                    // before it is cleared, as seen by an interrupt on this
+                    // CPU.
+                    compiler_fence(Ordering::SeqCst);
+                    // SAFETY: the flag was clear, so nothing on this CPU is
+                    // inside these heaps, and no other CPU uses this slot.
+                    let local = unsafe { &mut *slot.local.get() };
+                    let r = f(Slot {
+                        local,
+                        who: i,
+                        counts: &slot.counts,
+                    });
+                    compiler_fence(Ordering::SeqCst);
+                    slot.busy.store(false, Ordering::Relaxed);
+                    return r;
+                }
+                self.reentries.fetch_add(1, Ordering::Relaxed);
             }
-            self.reentries.fetch_add(1, Ordering::Relaxed);
         }
         self.on_shared(f)
     }
 
-    /// Runs `f` on the shared heap, with interrupts masked while its lock
-    /// is held (see [`irq`]).
-    fn on_shared<R>(&self, f: impl FnOnce(&mut Heap) -> R) -> Option<R> {
-        irq::masked(|| Self::run(self.global, &mut self.shared.lock().0, f))
+    /// Runs `f` on the shared heaps, with interrupts masked while their
+    /// lock is held (see [`irq`]).
+    pub(crate) fn on_shared<R>(&self, f: impl FnOnce(Slot<'_>) -> R) -> R {
+        irq::masked(|| {
+            let mut shared = self.shared.lock();
+            let SharedSlot(local, counts) = &mut *shared;
+            f(Slot {
+                local,
+                who: SHARED,
+                counts,
+            })
+        })
     }
 
-    /// Runs `f` on the shared heap (the fallback when the CPU's own heap
-    /// cannot get memory: its segments may be elsewhere).
-    fn with_shared(&self, f: impl FnOnce(&mut Heap) -> *mut u8) -> *mut u8 {
-        self.on_shared(f).unwrap_or(ptr::null_mut())
-    }
-
-    /// `p`, or when it is null, `f` on the shared heap: a CPU whose heap
-    /// cannot get a segment of its own still allocates from the segments
-    /// the shared heap has. When that fails too, the out-of-memory handler
-    /// (if any) gets its chance and the request is retried.
+    /// The slot's slab heap, created on first use; `None` when out of
+    /// memory.
     #[inline(always)]
-    fn or_shared(
-        &self,
-        p: *mut u8,
-        layout: Layout,
-        f: impl Fn(&mut Heap) -> *mut u8 + Copy,
-    ) -> *mut u8 {
-        if p.is_null() {
-            self.out_of_memory(layout, f)
-        } else {
-            p
+    fn heap_of<'a>(&self, l: &'a mut Local) -> Option<&'a mut Heap> {
+        if l.heap.is_none() {
+            // Creating a heap takes the core's heap-pool lock.
+            l.heap = irq::masked(|| Heap::create(self.global));
+            crate::log_debug!("KernelAlloc: heap created: {=bool}", l.heap.is_some());
         }
+        // SAFETY: the caller holds the slot exclusively (its CPU's flag or
+        // the shared lock) for the life of the reference.
+        l.heap.map(|h| unsafe { &mut *h.as_ptr() })
+    }
+
+    /// Allocates on the slot's heaps: a small block from the slab heap (or
+    /// best fit when the slab heap has no room), a big one from best fit.
+    /// Null when out of memory. Only the two fast paths are inline.
+    #[inline(always)]
+    fn alloc_on(&self, s: &mut Slot<'_>, size: usize, align: usize, zero: bool) -> *mut u8 {
+        if self.is_small(size, align) {
+            if let Some(h) = s.local.heap {
+                if !zero && align <= MIN_ALIGN {
+                    // SAFETY: the caller holds the slot (its CPU's flag or
+                    // the shared lock).
+                    let p = unsafe { (*h.as_ptr()).try_malloc_fast(size) };
+                    if !p.is_null() {
+                        return p;
+                    }
+                }
+            }
+            return self.alloc_small_slow(s, size, align, zero);
+        }
+        if let Some(f) = s.local.fit {
+            if !zero {
+                // SAFETY: as above. (Remote frees wait until the instance
+                // runs out of free blocks: the slow path collects them
+                // before it takes more memory.)
+                if let Ok(p) = unsafe { (*f.as_ptr()).alloc(size, align) } {
+                    if !p.is_null() {
+                        s.counts.alloc();
+                        return p;
+                    }
+                }
+            }
+        }
+        self.alloc_big_slow(s, size, align, zero)
+    }
+
+    /// [`KernelAlloc::alloc_on`] of a small block past the slab fast path:
+    /// the slab heap's slow path, then best fit.
+    #[cold]
+    #[inline(never)]
+    fn alloc_small_slow(&self, s: &mut Slot<'_>, size: usize, align: usize, zero: bool) -> *mut u8 {
+        if let Some(p) = self.alloc_slab(s.local, size, align, zero) {
+            return p;
+        }
+        self.alloc_big_slow(s, size, align, zero)
+    }
+
+    /// A block from the slot's slab heap; `None` when it has no room.
+    fn alloc_slab(&self, l: &mut Local, size: usize, align: usize, zero: bool) -> Option<*mut u8> {
+        let h = self.heap_of(l)?;
+        let p = irq::masked(|| {
+            if zero {
+                h.zalloc_aligned(size, align)
+            } else {
+                h.malloc_aligned(size, align)
+            }
+        });
+        (!p.is_null()).then_some(p)
+    }
+
+    /// [`KernelAlloc::alloc_on`] from best fit past its fast path: remote
+    /// frees collected, a chunk added when needed, a zeroed block cleared.
+    /// When the instance's mitigations rule best fit out, the slab heap.
+    #[cold]
+    #[inline(never)]
+    fn alloc_big_slow(&self, s: &mut Slot<'_>, size: usize, align: usize, zero: bool) -> *mut u8 {
+        if !self.fit_allowed() {
+            return self
+                .alloc_slab(s.local, size, align, zero)
+                .unwrap_or(ptr::null_mut());
+        }
+        let p = self.fit_alloc(s, size, align);
+        if !p.is_null() {
+            s.counts.alloc();
+            if zero {
+                // SAFETY: a fresh block of at least `size` bytes.
+                unsafe { ptr::write_bytes(p, 0, size) };
+            }
+        }
+        p
+    }
+
+    /// Allocates through the calling CPU's heaps, then the shared ones,
+    /// then (after the out-of-memory handler, if any) again.
+    #[inline(always)]
+    fn alloc_routed(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
+        let p = self.with_local(|mut s| self.alloc_on(&mut s, size, align, zero));
+        if !p.is_null() {
+            return p;
+        }
+        self.out_of_memory(size, align, zero)
     }
 
     #[cold]
     #[inline(never)]
-    fn out_of_memory(&self, layout: Layout, f: impl Fn(&mut Heap) -> *mut u8 + Copy) -> *mut u8 {
+    fn out_of_memory(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
         for _ in 0..OOM_RETRIES {
-            let p = self.with_shared(f);
+            // A CPU whose heaps cannot get memory of their own still
+            // allocates from the memory the shared heaps have.
+            let p = self.on_shared(|mut s| self.alloc_on(&mut s, size, align, zero));
             if !p.is_null() {
                 return p;
             }
@@ -171,17 +402,18 @@ impl KernelAlloc {
             }
             crate::log_error!(
                 "KernelAlloc: out of memory: {=usize} bytes, alignment {=usize}; calling the handler",
-                layout.size(),
-                layout.align()
+                size,
+                align
             );
             // SAFETY: only `set_oom_handler` stores a non-zero value, an
             // `OomHandler` converted to an address.
             let handler = unsafe { core::mem::transmute::<usize, OomHandler>(handler) };
-            if !handler(layout) {
+            // SAFETY: `size` and `align` came from a valid layout.
+            if !handler(unsafe { Layout::from_size_align_unchecked(size, align) }) {
                 break;
             }
-            // New memory (or memory reclaimed): the CPU's own heap first.
-            let p = self.with_heap(f).unwrap_or(ptr::null_mut());
+            // New memory (or memory reclaimed): the CPU's own heaps first.
+            let p = self.with_local(|mut s| self.alloc_on(&mut s, size, align, zero));
             if !p.is_null() {
                 return p;
             }
@@ -199,30 +431,55 @@ impl KernelAlloc {
         self.oom_handler.store(handler as usize, Ordering::Release);
     }
 
+    /// Frees a block of a small layout: the slab fast path inline, the
+    /// rest out of line.
+    ///
+    /// # Safety
+    /// `p` is a live block of this allocator, not used afterwards.
     #[inline(always)]
-    fn run<R>(
-        global: &'static Global,
-        slot: &mut Option<NonNull<Heap>>,
-        f: impl FnOnce(&mut Heap) -> R,
-    ) -> Option<R> {
-        let heap = match *slot {
-            Some(h) => h,
-            None => {
-                // Creating a heap takes the core's heap-pool lock.
-                *slot = irq::masked(|| Heap::create(global));
-                crate::log_debug!("KernelAlloc: heap created: {=bool}", slot.is_some());
-                (*slot)?
+    unsafe fn free_small(&self, s: &mut Slot<'_>, p: *mut u8) {
+        if let Some(h) = s.local.heap {
+            // SAFETY: the caller holds the slot; `p` is a live block (the
+            // fast path declines anything but an own slab's block).
+            if unsafe { (*h.as_ptr()).try_free_fast(p) } {
+                return;
             }
-        };
-        // SAFETY: the caller holds the slot exclusively (its CPU's flag or
-        // the shared lock) for the duration of `f`.
-        Some(f(unsafe { &mut *heap.as_ptr() }))
+        }
+        // SAFETY: forwarded.
+        unsafe { self.free_small_slow(s, p) }
     }
 
-    /// Returns every free page the calling CPU's heap holds, and every
-    /// cached segment, to the page provider.
+    /// A small layout's block that the slab fast path declined: the core's
+    /// when it lies in a core segment, else a best-fit block.
+    ///
+    /// # Safety
+    /// As [`KernelAlloc::free_small`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_small_slow(&self, s: &mut Slot<'_>, p: *mut u8) {
+        if apex_core::owns(p) {
+            if let Some(h) = self.heap_of(s.local) {
+                // SAFETY: a live block of the core's, freed once.
+                irq::masked(|| unsafe { h.free(p) });
+            }
+        } else {
+            // SAFETY: forwarded: a best-fit block.
+            unsafe { self.fit_free_in(s, p) }
+        }
+    }
+
+    /// Returns what the calling CPU's heaps hold free to the page
+    /// provider: the slab heap's free pages and cached segments, the
+    /// best-fit instance's empty chunks (after freeing what other CPUs
+    /// handed it and what its quick lists hold).
     pub fn release_now(&self) {
-        self.with_heap(|h| irq::masked(|| h.release_now()));
+        self.with_local(|s| {
+            if let Some(h) = s.local.heap {
+                // SAFETY: the slot is ours (its flag or the shared lock).
+                irq::masked(|| unsafe { (*h.as_ptr()).release_now() });
+            }
+            self.fit_trim(s.local, s.who);
+        });
     }
 
     /// How many calls found their CPU's heap busy and used the shared heap:
@@ -232,82 +489,167 @@ impl KernelAlloc {
         self.reentries.load(Ordering::Relaxed)
     }
 
-    /// Counters summed over all heaps.
+    /// Counters summed over all heaps: the slab heaps' (see
+    /// [`apex_core::snapshot`]), with the best-fit allocations, frees and
+    /// frees of other CPUs' blocks added to `mallocs`, `frees` and
+    /// `remote_frees` (a block freed on another CPU counts when it is
+    /// freed there).
     pub fn stats(&self) -> Snapshot {
-        apex_core::snapshot(self.global)
+        let mut s = apex_core::snapshot(self.global);
+        let mut add = |c: &Counts| {
+            s.mallocs += c.allocs.load(Ordering::Relaxed);
+            s.frees += c.frees.load(Ordering::Relaxed);
+            s.remote_frees += c.remote.load(Ordering::Relaxed);
+        };
+        for slot in &self.heaps {
+            add(&slot.counts);
+        }
+        irq::masked(|| add(&self.shared.lock().1));
+        s
+    }
+
+    /// Bytes the best-fit instances hold in chunks from the page provider.
+    pub fn fit_chunk_bytes(&self) -> usize {
+        self.chunk_bytes.load(Ordering::Relaxed)
     }
 
     /// The allocator instance behind these heaps.
     pub fn global(&self) -> &'static Global {
         self.global
     }
+
+    /// Gives every heap's memory back to the page provider: for a test or
+    /// benchmark that builds allocator instances over the same memory one
+    /// after another. Afterwards this `KernelAlloc` is empty and may be
+    /// used again.
+    ///
+    /// # Safety
+    /// Every block allocated from this allocator has been freed, and no
+    /// other CPU is inside it.
+    pub unsafe fn tear_down(&self) {
+        let global = self.global;
+        let drop_local = |l: &mut Local, owner: usize| {
+            // SAFETY: the caller's contract: nothing of these heaps is in
+            // use, and the slot is ours (no CPU is inside it).
+            unsafe {
+                self.fit_destroy(l, owner);
+                if let Some(h) = l.heap.take() {
+                    irq::masked(|| {
+                        (*h.as_ptr()).release_now();
+                        Heap::destroy(h);
+                    });
+                }
+            }
+        };
+        for (i, slot) in self.heaps.iter().enumerate() {
+            // SAFETY: no CPU is inside the allocator (the caller's
+            // contract).
+            drop_local(unsafe { &mut *slot.local.get() }, i);
+        }
+        irq::masked(|| drop_local(&mut self.shared.lock().0, SHARED));
+        // The destroyed heaps' segments, all of whose blocks are free, go
+        // back to the provider.
+        let now = global.now().unwrap_or(u64::MAX);
+        global.purge_abandoned(now, 0, true);
+        global.purge_cache(now, true);
+    }
 }
 
-// SAFETY: blocks come from the core, which hands out distinct blocks of at
-// least the requested size and alignment and frees each exactly once;
-// `realloc` keeps the contents up to the smaller size.
+// SAFETY: blocks come from the core's heaps or a fit instance, which hand
+// out distinct blocks of at least the requested size and alignment; each
+// is freed once by the allocator that owns it (big layouts are always best
+// fit's; a small layout's block is the core's exactly when it lies in a
+// core segment); `realloc` keeps the contents up to the smaller size.
 //
-// Only the core's fast paths (a block from the current slab, a free into
-// an own slab) run with interrupts enabled: they take no lock. Everything
-// else may take a lock of the core or the page provider and runs with
-// interrupts masked, so a handler never interrupts a lock holder on its own
-// CPU.
+// Only the lock-free paths run with interrupts enabled: the core's fast
+// paths, a CPU's own best-fit instance, remote-free pushes. Everything that
+// may take a lock of the core or the page provider runs with interrupts
+// masked, so a handler never interrupts a lock holder on its own CPU.
 unsafe impl GlobalAlloc for KernelAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let (size, align) = (layout.size(), layout.align());
-        let f = |h: &mut Heap| {
-            if align <= MIN_ALIGN {
-                let p = h.try_malloc_fast(size);
-                if !p.is_null() {
-                    return p;
-                }
-            }
-            irq::masked(|| h.malloc_aligned(size, align))
-        };
-        self.or_shared(self.with_heap(f).unwrap_or(ptr::null_mut()), layout, f)
+        self.alloc_routed(layout.size(), layout.align(), false)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let (size, align) = (layout.size(), layout.align());
-        let f = |h: &mut Heap| irq::masked(|| h.zalloc_aligned(size, align));
-        self.or_shared(self.with_heap(f).unwrap_or(ptr::null_mut()), layout, f)
+        self.alloc_routed(layout.size(), layout.align(), true)
     }
 
     #[inline]
-    unsafe fn dealloc(&self, p: *mut u8, _layout: Layout) {
-        self.with_heap(|h| {
-            // SAFETY: `p` came from this allocator and is freed once.
-            unsafe {
-                if !h.try_free_fast(p) {
-                    irq::masked(|| h.free(p));
-                }
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        // SAFETY: `p` is a live block of ours with this layout, freed once:
+        // a big layout's block is a best-fit block.
+        self.with_local(|mut s| unsafe {
+            if self.is_small(layout.size(), layout.align()) {
+                self.free_small(&mut s, p)
+            } else {
+                self.fit_free_in(&mut s, p)
             }
-        });
+        })
     }
 
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let q = self
-            .with_heap(|h| {
-                irq::masked(|| {
+        let align = layout.align();
+        let keep = layout.size().min(new_size);
+        let core_block = self.is_small(layout.size(), align) && apex_core::owns(p);
+        if core_block {
+            if self.is_small(new_size, align) {
+                let q = self.with_local(|s| match self.heap_of(s.local) {
                     // SAFETY: `p` is a live block of this allocator with
                     // this layout.
-                    unsafe { h.realloc_aligned(p, layout.align(), new_size) }
-                })
-            })
-            .unwrap_or(ptr::null_mut());
-        if !q.is_null() {
-            return q;
+                    Some(h) => irq::masked(|| unsafe { h.realloc_aligned(p, align, new_size) }),
+                    None => ptr::null_mut(),
+                });
+                if !q.is_null() {
+                    return q;
+                }
+            }
+        } else {
+            // A best-fit block of the calling CPU's: in place when its
+            // neighbour allows (a small new size included: the block stays
+            // a best-fit block, which its free finds), else moved within
+            // this CPU's heaps, all under one entry.
+            // SAFETY: a live fit block: a header precedes it.
+            let owner = unsafe { fit::owner_of(p) };
+            let done = self.with_local(|mut s| {
+                if owner != Some(s.who) {
+                    return None;
+                }
+                // SAFETY: `p` is a live block of the slot's instance with
+                // `keep` bytes to keep.
+                unsafe {
+                    if self.fit_resize_local(s.local, p, new_size) {
+                        return Some(p);
+                    }
+                    let q = self.alloc_on(&mut s, new_size, align, false);
+                    if !q.is_null() {
+                        ptr::copy_nonoverlapping(p, q, keep);
+                        self.fit_free_in(&mut s, p);
+                        return Some(q);
+                    }
+                    // No free block anywhere holds the new size: the block
+                    // may still grow into its neighbours on both sides.
+                    if align <= fit::GRANULE {
+                        let q = self.fit_slide_local(s.local, p, new_size, keep);
+                        if !q.is_null() {
+                            return Some(q);
+                        }
+                    }
+                    None
+                }
+            });
+            if let Some(q) = done {
+                return q;
+            }
         }
-        // The CPU's heap is out of memory: move the block through `alloc`,
-        // which falls back to the shared heap.
-        // SAFETY: the new layout keeps a valid alignment and a size the
-        // caller vouches for.
-        let q = unsafe { self.alloc(Layout::from_size_align_unchecked(new_size, layout.align())) };
+        // Move: through `alloc`, which routes the new size and falls back
+        // to the shared heaps.
+        let q = self.alloc_routed(new_size, align, false);
         if !q.is_null() {
-            // SAFETY: both blocks hold the copied length; `p` is freed once.
+            // SAFETY: both blocks hold the copied length; `p` is freed once
+            // with its layout.
             unsafe {
-                ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
+                ptr::copy_nonoverlapping(p, q, keep);
                 self.dealloc(p, layout);
             }
         }
@@ -416,8 +758,9 @@ mod tests {
         let p = unsafe { heaps.alloc(l) };
         assert!(!p.is_null());
         let taken = before - provider.free_bytes();
-        // The block, its header and the heap's own records (about 40.1 to
-        // 40.5 MiB), not the 64 MiB block a power-of-two reservation takes.
+        // The block in a chunk of its own (cut to whole pages) and the
+        // best-fit instance's lists (about 40.1 MiB), not the 64 MiB block
+        // a power-of-two reservation takes.
         assert!((40 * MIB..44 * MIB).contains(&taken), "{taken}");
         // SAFETY: allocated above, freed once.
         unsafe { heaps.dealloc(p, l) };
@@ -431,6 +774,235 @@ mod tests {
         unsafe {
             p.write_bytes(0xa5, 100 * MIB);
             heaps.dealloc(p, l);
+        }
+    }
+
+    /// A provider over `len` bytes of fresh host memory, an instance and
+    /// `KernelAlloc` over it with this slab limit (all leaked, as statics
+    /// would be).
+    fn instance_with(
+        len: usize,
+        cpu: fn() -> Option<usize>,
+        limit: usize,
+    ) -> (&'static BuddyProvider, &'static KernelAlloc) {
+        let provider: &'static BuddyProvider = Box::leak(Box::new(BuddyProvider::new()));
+        // SAFETY: leaked host memory, ours forever.
+        unsafe { provider.add_region(memory(len), len) }.unwrap();
+        let global: &'static Global = Box::leak(Box::new(Global::new(provider)));
+        let heaps = KernelAlloc::with_slab_limit(global, cpu, limit);
+        (provider, Box::leak(Box::new(heaps)))
+    }
+
+    fn instance(
+        len: usize,
+        cpu: fn() -> Option<usize>,
+    ) -> (&'static BuddyProvider, &'static KernelAlloc) {
+        instance_with(len, cpu, SLAB_LIMIT)
+    }
+
+    fn fill(p: *mut u8, len: usize, byte: u8) {
+        // SAFETY: the block holds `len` bytes.
+        unsafe { p.write_bytes(byte, len) }
+    }
+
+    fn holds(p: *mut u8, len: usize, byte: u8) -> bool {
+        // SAFETY: the block holds `len` bytes.
+        unsafe { core::slice::from_raw_parts(p, len) }
+            .iter()
+            .all(|&b| b == byte)
+    }
+
+    #[test]
+    fn small_blocks_in_slabs_big_ones_best_fit_and_realloc_across_the_limit() {
+        let (provider, heaps) = instance_with(64 * MIB, on_cpu_zero, SMALL_SLAB_LIMIT);
+        let before = provider.free_bytes();
+        let lay = |n: usize| Layout::from_size_align(n, 16).unwrap();
+        // SAFETY: non-zero sizes; each block is freed once with its layout.
+        unsafe {
+            let small = heaps.alloc(lay(100));
+            let big = heaps.alloc(lay(5000));
+            assert!(apex_core::owns(small), "slab block in a core segment");
+            assert!(!apex_core::owns(big), "best-fit block outside segments");
+            assert_eq!(fit::owner_of(big), Some(0));
+            // Aligned big blocks.
+            for shift in 5..=12 {
+                let l = Layout::from_size_align(3000, 1 << shift).unwrap();
+                let p = heaps.alloc(l);
+                assert_eq!(p as usize % (1 << shift), 0);
+                heaps.dealloc(p, l);
+            }
+            fill(small, 100, 1);
+            fill(big, 5000, 2);
+            // Small to big: moves to best fit with its contents.
+            let grown = heaps.realloc(small, lay(100), 20_000);
+            assert!(!apex_core::owns(grown) && holds(grown, 100, 1));
+            // Big to small: stays where it is (shrunk in place).
+            let shrunk = heaps.realloc(big, lay(5000), 50);
+            assert_eq!(shrunk, big);
+            assert!(holds(shrunk, 50, 2));
+            // A big block with free memory after it grows in place.
+            let last = heaps.alloc(lay(10_000));
+            fill(last, 10_000, 3);
+            let next = heaps.alloc(lay(10_000));
+            heaps.dealloc(next, lay(10_000));
+            assert_eq!(heaps.realloc(last, lay(10_000), 19_000), last);
+            assert!(holds(last, 10_000, 3));
+            for (p, n) in [(grown, 20_000), (shrunk, 50), (last, 19_000)] {
+                heaps.dealloc(p, lay(n));
+            }
+        }
+        heaps.release_now();
+        // Everything went back but the heaps' own state and the slab
+        // heap's segment.
+        let held = before - provider.free_bytes();
+        assert!(held <= 4 * MIB + 512 * 1024, "{held}");
+        assert_eq!(heaps.fit_chunk_bytes(), 0);
+        // SAFETY: every block was freed; no other thread uses `heaps`.
+        unsafe { heaps.tear_down() };
+        // All but the core's pool of heap records (one 64 KiB chunk).
+        assert_eq!(heaps.stats().segments, 0);
+        let kept = before - provider.free_bytes();
+        assert!(kept <= 64 * 1024, "tear_down kept {kept}");
+        provider.lock().verify().unwrap();
+    }
+
+    std::thread_local! {
+        static CPU: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+    }
+
+    fn thread_cpu() -> Option<usize> {
+        Some(CPU.with(|c| c.get()))
+    }
+
+    #[test]
+    fn blocks_freed_on_another_cpu_go_back_to_their_owner() {
+        let (provider, heaps) = instance(64 * MIB, thread_cpu);
+        let before = provider.free_bytes();
+        let lay = |n: usize| Layout::from_size_align(n, 16).unwrap();
+        // CPU 1 allocates, CPU 2 frees (remote frees for both kinds).
+        let blocks: Vec<(usize, usize)> = std::thread::spawn(move || {
+            CPU.with(|c| c.set(1));
+            (0..2000)
+                .map(|i| {
+                    let n = if i % 2 == 0 { 64 } else { 3000 + i };
+                    // SAFETY: a non-zero size.
+                    let p = unsafe { heaps.alloc(lay(n)) };
+                    assert!(!p.is_null());
+                    fill(p, n, i as u8);
+                    (p as usize, n)
+                })
+                .collect()
+        })
+        .join()
+        .unwrap();
+        let used = heaps.fit_chunk_bytes();
+        assert!(used >= 3 * MIB, "{used}");
+        std::thread::spawn(move || {
+            CPU.with(|c| c.set(2));
+            for (i, &(p, n)) in blocks.iter().enumerate() {
+                assert!(holds(p as *mut u8, n, i as u8));
+                // SAFETY: live blocks, freed once with their layouts.
+                unsafe { heaps.dealloc(p as *mut u8, lay(n)) };
+            }
+        })
+        .join()
+        .unwrap();
+        // The big blocks wait on CPU 1's stack until it runs out of free
+        // blocks (or trims).
+        assert_eq!(heaps.fit_chunk_bytes(), used);
+        std::thread::spawn(move || {
+            CPU.with(|c| c.set(1));
+            heaps.release_now();
+        })
+        .join()
+        .unwrap();
+        assert_eq!(heaps.fit_chunk_bytes(), 0, "CPU 1's chunks went back");
+        // SAFETY: every block was freed; no thread is inside `heaps`.
+        unsafe { heaps.tear_down() };
+        assert_eq!(heaps.stats().segments, 0);
+        assert!(before - provider.free_bytes() <= 64 * 1024);
+    }
+
+    #[test]
+    fn small_blocks_use_best_fit_when_no_segment_fits() {
+        // 3 MiB: no 4 MiB-aligned block for a segment, so the slab heap
+        // has no room and small blocks come from best fit.
+        let (_, heaps) = instance_with(3 * MIB, on_cpu_zero, SMALL_SLAB_LIMIT);
+        let l = Layout::from_size_align(200, 8).unwrap();
+        let mut live = Vec::new();
+        loop {
+            // SAFETY: a non-zero size.
+            let p = unsafe { heaps.alloc(l) };
+            if p.is_null() {
+                break;
+            }
+            assert!(!apex_core::owns(p));
+            fill(p, 200, live.len() as u8);
+            live.push(p);
+        }
+        // Nearly all of the 3 MiB (less the buddy's and best fit's state).
+        assert!(live.len() * 200 > 3 * MIB * 85 / 100, "{}", live.len());
+        for (i, &p) in live.iter().enumerate() {
+            assert!(holds(p, 200, i as u8));
+            // SAFETY: live blocks, freed once: a small layout's block
+            // outside the core's segments goes to best fit.
+            unsafe { heaps.dealloc(p, l) };
+        }
+        heaps.release_now();
+        assert_eq!(heaps.fit_chunk_bytes(), 0);
+    }
+
+    #[test]
+    fn by_default_every_block_is_cut_to_size_by_best_fit() {
+        let (provider, heaps) = instance(64 * MIB, on_cpu_zero);
+        let before = provider.free_bytes();
+        let mut live = Vec::new();
+        for i in 1..2000usize {
+            let l = Layout::from_size_align(i * 7 % 3000 + 1, 8 << (i % 4)).unwrap();
+            // SAFETY: a non-zero size.
+            let p = unsafe { heaps.alloc(l) };
+            assert!(!p.is_null() && !apex_core::owns(p));
+            assert_eq!(p as usize % l.align(), 0);
+            fill(p, l.size(), i as u8);
+            live.push((p, l, i as u8));
+        }
+        assert_eq!(heaps.stats().segments, 0, "no slab segment");
+        // About 3 MB requested: the chunks hold little more.
+        let requested: usize = live.iter().map(|(_, l, _)| l.size()).sum();
+        let taken = before - provider.free_bytes();
+        assert!(
+            taken < requested + requested / 10 + 2 * MIB,
+            "{taken} for {requested}"
+        );
+        for (p, l, b) in live {
+            assert!(holds(p, l.size(), b));
+            // SAFETY: live blocks, freed once with their layouts.
+            unsafe { heaps.dealloc(p, l) };
+        }
+        let s = heaps.stats();
+        assert_eq!((s.mallocs, s.frees), (1999, 1999));
+        heaps.release_now();
+        assert_eq!(heaps.fit_chunk_bytes(), 0);
+    }
+
+    #[test]
+    fn mitigations_only_the_slab_heaps_have_send_every_block_there() {
+        let (_, heaps) = instance(64 * MIB, on_cpu_zero);
+        heaps
+            .global()
+            .set_mitigations(apex_core::harden::Mitigations::FULL);
+        let mut live = Vec::new();
+        for size in [24, 200, 5000, 100_000] {
+            let l = Layout::from_size_align(size, 16).unwrap();
+            // SAFETY: a non-zero size.
+            let p = unsafe { heaps.alloc(l) };
+            assert!(apex_core::owns(p), "{size}: a slab heap block");
+            live.push((p, l));
+        }
+        assert_eq!(heaps.fit_chunk_bytes(), 0);
+        for (p, l) in live {
+            // SAFETY: live blocks, freed once with their layouts.
+            unsafe { heaps.dealloc(p, l) };
         }
     }
 }

@@ -10,7 +10,8 @@
 //!   [`PageProvider`](apex_core::provider::PageProvider) over the buddy
 //!   allocator;
 //! - [`kernel_alloc`]: [`KernelAlloc`], the core's heaps as the kernel's
-//!   `#[global_allocator]`, one heap per CPU;
+//!   `#[global_allocator]`, slab heaps for small blocks and best-fit
+//!   instances ([`fit_heap`]) for the rest, one of each per CPU;
 //! - [`early_heap`]: [`EarlyHeap`], a simple global allocator for early boot,
 //!   carved from the buddy allocator, used until per-CPU heaps exist;
 //! - [`hand_over`]: [`HandOver`], the `#[global_allocator]` that serves
@@ -59,6 +60,7 @@ pub(crate) use log_error;
 
 pub mod buddy;
 pub mod early_heap;
+pub mod fit_heap;
 pub mod hand_over;
 pub mod irq;
 pub mod kernel_alloc;

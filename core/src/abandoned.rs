@@ -9,6 +9,11 @@ use core::sync::atomic::Ordering;
 
 use crate::segment::Segment;
 
+/// How many of the most recently abandoned segments [`AbandonedStack::pop`]
+/// looks through for one on the adopter's node: the walk runs under the
+/// list's lock and reads a header per step, so it is bounded.
+pub const NODE_SCAN: usize = 32;
+
 /// An intrusive stack of abandoned segments, linked through
 /// `Segment::next`. Used under a lock.
 pub struct AbandonedStack {
@@ -39,16 +44,34 @@ impl AbandonedStack {
         self.head = seg;
     }
 
-    /// Pops the most recently abandoned segment (its memory is the most
-    /// likely to be still resident).
-    pub fn pop(&mut self) -> Option<*mut Segment> {
-        let seg = self.head;
-        if seg.is_null() {
+    /// Pops the most recently abandoned segment placed on memory `node`
+    /// (its memory is the most likely to be still resident, and local to
+    /// the adopter), looking at the [`NODE_SCAN`] most recent ones; when
+    /// none of them is on `node`, the most recent of all. On a machine
+    /// with one node every segment is on node 0, so this is the head.
+    pub fn pop(&mut self, node: u32) -> Option<*mut Segment> {
+        if self.head.is_null() {
             return None;
         }
-        // SAFETY: listed segments are live and reachable only through here.
-        self.head = unsafe { (*seg).next };
-        Some(seg)
+        let mut link: *mut *mut Segment = &mut self.head;
+        // SAFETY: listed segments are live and reachable only through
+        // here; the caller's lock serialises access to their links.
+        unsafe {
+            for _ in 0..NODE_SCAN {
+                let seg = *link;
+                if seg.is_null() {
+                    break;
+                }
+                if (*seg).node == node {
+                    *link = (*seg).next;
+                    return Some(seg);
+                }
+                link = &mut (*seg).next;
+            }
+            let seg = self.head;
+            self.head = (*seg).next;
+            Some(seg)
+        }
     }
 
     /// Walks the stack for a purge at `now`, filling at most the given

@@ -16,6 +16,8 @@ pub struct CacheEntry {
     pub committed: bool,
     /// When it was cached (clock ms, or 0 without a clock).
     pub since: u64,
+    /// The memory node its pages are placed on (0 where unknown).
+    pub node: u32,
 }
 
 const EMPTY: CacheEntry = CacheEntry {
@@ -23,6 +25,7 @@ const EMPTY: CacheEntry = CacheEntry {
     len: 0,
     committed: false,
     since: 0,
+    node: 0,
 };
 
 /// Cached reservations, and the bytes of those kept resident.
@@ -43,16 +46,26 @@ impl RangeCache {
 
     /// Takes the best entry for a request of `len` bytes: exactly `len`
     /// when `exact` (segments); otherwise the shortest range at most 1/4
-    /// longer (huge blocks use it whole).
-    pub fn take(&mut self, len: usize, exact: bool) -> Option<CacheEntry> {
+    /// longer (huge blocks use it whole). With a `node`, an entry placed on
+    /// that node goes before any other (one on another node is still taken
+    /// when there is no such entry: reusing it beats a new reservation).
+    pub fn take(&mut self, len: usize, exact: bool, node: Option<u32>) -> Option<CacheEntry> {
+        let rank = |e: &CacheEntry| (node.is_some_and(|n| e.node != n), e.len);
         let mut best: Option<usize> = None;
         for (i, e) in self.entries[..self.count].iter().enumerate() {
             let fits = e.len == len || (!exact && e.len > len && e.len - len <= len / 4);
-            if fits && best.is_none_or(|b| self.entries[b].len > e.len) {
+            if fits && best.is_none_or(|b| rank(&self.entries[b]) > rank(e)) {
                 best = Some(i);
             }
         }
         Some(self.remove(best?))
+    }
+
+    /// How many ranges are cached, their bytes, and the bytes of those
+    /// kept resident.
+    pub fn totals(&self) -> (usize, usize, usize) {
+        let bytes = self.entries[..self.count].iter().map(|e| e.len).sum();
+        (self.count, bytes, self.committed_bytes)
     }
 
     /// Reserves `len` bytes of the resident budget for an entry about to be
@@ -132,6 +145,7 @@ mod tests {
             len,
             committed,
             since,
+            node: 0,
         }
     }
 
@@ -148,15 +162,15 @@ mod tests {
             Some(entry(2, 120, false, 3))
         );
         // Exact requests take only equal lengths.
-        assert_eq!(c.take(95, true), None);
+        assert_eq!(c.take(95, true, None), None);
         // Otherwise the shortest within 1/4.
-        assert_eq!(c.take(80, false).map(|e| e.base), Some(4));
-        assert_eq!(c.take(80, false).map(|e| e.base), Some(1));
+        assert_eq!(c.take(80, false, None).map(|e| e.base), Some(4));
+        assert_eq!(c.take(80, false, None).map(|e| e.base), Some(1));
         assert_eq!(
             c.committed_bytes, 0,
             "taking a resident entry frees its budget"
         );
-        assert_eq!(c.take(80, false), None, "200 is more than 1/4 longer");
+        assert_eq!(c.take(80, false, None), None, "200 is more than 1/4 longer");
     }
 
     #[test]
@@ -171,5 +185,23 @@ mod tests {
         assert!(c.reserve_resident(1000, 1000), "budget given back");
         assert_eq!(c.pop().map(|e| e.base), Some(1));
         assert_eq!(c.pop(), None);
+    }
+
+    #[test]
+    fn prefers_the_wanted_node_then_falls_back() {
+        let mut c = RangeCache::new();
+        let on = |base, node| CacheEntry {
+            node,
+            ..entry(base, 100, false, 0)
+        };
+        c.put(on(1, 0), 8);
+        c.put(on(2, 1), 8);
+        c.put(on(3, 0), 8);
+        assert_eq!(c.take(100, true, Some(1)).map(|e| e.base), Some(2));
+        // No entry on node 1 left: one on node 0 serves.
+        assert_eq!(c.take(100, true, Some(1)).map(|e| e.node), Some(0));
+        // Without a node the order is the plain one.
+        assert!(c.take(100, true, None).is_some());
+        assert_eq!(c.take(100, true, Some(0)), None);
     }
 }

@@ -19,7 +19,8 @@ use crate::harden::Mitigations;
 use crate::layout::{align_up, SEGMENT_SIZE, SLICES_PER_SEGMENT, SLICE_SIZE};
 use crate::options::Options;
 use crate::pool::MetaPool;
-use crate::provider::{Capabilities, PageProvider, PAGE_SIZE};
+use crate::provider::{Capabilities, PageProvider, HUGE_PAGE_SIZE, PAGE_SIZE};
+use crate::registry::SegmentRegistry;
 use crate::segment::{Segment, GUARD_OFFSET, HEADER_SLICES};
 use crate::segment_map;
 use crate::span::SpanKind;
@@ -40,12 +41,18 @@ pub struct Global {
     pub stats: GlobalStats,
     abandoned: Mutex<AbandonedStack>,
     cache: Mutex<RangeCache>,
+    /// Every live segment, for introspection (see [`crate::registry`]); a
+    /// leaf lock.
+    pub(crate) registry: Mutex<SegmentRegistry>,
     /// The heap structs (see [`crate::pool`]).
     pub(crate) heaps: Mutex<MetaPool>,
     /// Counters of heaps that were destroyed.
     retired: HeapStats,
     /// Set while memory is short (see [`Global::under_pressure`]).
     pressure: AtomicBool,
+    /// Memory nodes of the machine (see [`Global::current_node`]); read
+    /// from the provider once, at start.
+    nodes: AtomicU32,
     /// Operations a `fork` must wait out (see [`crate::fork`]).
     fork: ForkGate,
     /// Held while memory goes back to the provider, and by readers of
@@ -53,6 +60,19 @@ pub struct Global {
     /// header unmapped under them.
     pub(crate) release_lock: Mutex<()>,
 }
+
+/// The hot part of each fresh segment, from its start: the header and the
+/// first slabs, which [`Global`] asks huge pages for (with
+/// [`Capabilities::HUGE_PAGES`]; see [`Global::huge_page_part`]).
+pub const THP_HOT_BYTES: usize = if 2 * HUGE_PAGE_SIZE < SEGMENT_SIZE {
+    2 * HUGE_PAGE_SIZE
+} else {
+    SEGMENT_SIZE
+};
+
+// Segments start on huge-page boundaries, so their interiors are aligned
+// for huge pages without anything more.
+const _: () = assert!(SEGMENT_SIZE.is_multiple_of(HUGE_PAGE_SIZE));
 
 /// 2^64 divided by the golden ratio: an odd constant with well-mixed bits,
 /// folded into the key so it is never a plain address.
@@ -81,9 +101,11 @@ impl Global {
             stats: GlobalStats::new(),
             abandoned: Mutex::new(AbandonedStack::new()),
             cache: Mutex::new(RangeCache::new()),
+            registry: Mutex::new(SegmentRegistry::new()),
             heaps: Mutex::new(MetaPool::new()),
             retired: HeapStats::new(),
             pressure: AtomicBool::new(false),
+            nodes: AtomicU32::new(1),
             fork: ForkGate::new(),
             release_lock: Mutex::new(()),
         }
@@ -108,6 +130,37 @@ impl Global {
     /// Adds a destroyed heap's counters to the retired totals.
     pub(crate) fn retire_stats(&self, s: &HeapStats) {
         self.retired.absorb(s);
+    }
+
+    /// The counters of destroyed heaps, summed.
+    pub(crate) fn retired_stats(&self) -> &HeapStats {
+        &self.retired
+    }
+
+    /// Cached ranges: how many, their bytes, and the bytes of those kept
+    /// resident.
+    pub(crate) fn cache_totals(&self) -> (usize, usize, usize) {
+        self.cache.lock().totals()
+    }
+
+    /// Adds a segment whose header is set up to the registry.
+    ///
+    /// # Safety
+    /// `seg` is an initialised, unregistered header that stays valid until
+    /// [`Global::unregister`].
+    unsafe fn register(&self, seg: *mut Segment) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.registry.lock().insert(seg) };
+    }
+
+    /// Takes a segment out of the registry before its memory goes back:
+    /// a walk holding the lock never reads a released or recycled header.
+    ///
+    /// # Safety
+    /// `seg` is registered.
+    unsafe fn unregister(&self, seg: *mut Segment) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.registry.lock().remove(seg) };
     }
 
     /// Global counters plus the retired heaps' totals.
@@ -141,6 +194,8 @@ impl Global {
         self.init.call_once(|| {
             self.caps
                 .store(self.provider.capabilities().bits(), Ordering::Relaxed);
+            let nodes = self.provider.node_count().clamp(1, u32::MAX as usize);
+            self.nodes.store(nodes as u32, Ordering::Relaxed);
             let mut buf = [0u8; 16];
             let got = self.provider.entropy(&mut buf);
             let word = |i: usize| {
@@ -227,6 +282,81 @@ impl Global {
             // SAFETY: forwarded from the caller.
             Some(p) if len > 0 => unsafe { self.provider.protect(p, len, accessible) },
             _ => false,
+        }
+    }
+
+    // -----------------------------------------------------------------
+    // Placement: memory nodes (NUMA) and huge pages
+    // -----------------------------------------------------------------
+
+    /// The memory nodes the provider counted when the instance started
+    /// (1 before).
+    pub fn node_count(&self) -> usize {
+        self.nodes.load(Ordering::Relaxed) as usize
+    }
+
+    /// The memory node of the processor the caller runs on. On a machine
+    /// with one node this is 0 without asking the provider: a load and a
+    /// compare per segment request, nothing on the allocation paths.
+    pub fn current_node(&self) -> u32 {
+        let nodes = self.nodes.load(Ordering::Relaxed);
+        if nodes <= 1 {
+            return 0;
+        }
+        self.provider.current_node().min(nodes as usize - 1) as u32
+    }
+
+    /// Asks the provider to place a range's pages on `node`; nothing on a
+    /// machine with one node.
+    ///
+    /// # Safety
+    /// The range is page-aligned and inside a live reservation.
+    unsafe fn bind_to_node(&self, addr: usize, len: usize, node: u32) {
+        if self.nodes.load(Ordering::Relaxed) <= 1 {
+            return;
+        }
+        if let Some(p) = NonNull::new(addr as *mut u8) {
+            // SAFETY: forwarded from the caller; `node` came from
+            // `current_node`, so it is below the node count.
+            unsafe { self.provider.bind_to_node(p, len, node as usize) };
+        }
+    }
+
+    /// The range of a segment, as offsets from its start, that huge pages
+    /// are asked for: the whole huge pages of its hot part
+    /// ([`THP_HOT_BYTES`]: the header and the slabs carved first; spans are
+    /// carved lowest address first, and a heap's first segment holds a
+    /// small program's whole heap). With [`Mitigations::GUARDS`] the
+    /// first huge page is left out: the guard page after the header splits
+    /// its mapping, so it could never be a huge page, and the header's
+    /// first write would fault in all 2 MiB of it before the guard split
+    /// it into small pages again, resident but mostly unused. Segments
+    /// start on [`HUGE_PAGE_SIZE`] boundaries, so the range is whole huge
+    /// pages. Not the whole segment: memory the core decommits in 64 KiB
+    /// slices would split huge pages there again, and the kernel's
+    /// collapsing of hinted ranges would make resident what the program
+    /// never touched.
+    pub fn huge_page_part(&self) -> core::ops::Range<usize> {
+        let start = if self.mitigations().contains(Mitigations::GUARDS) {
+            align_up(GUARD_OFFSET + PAGE_SIZE, HUGE_PAGE_SIZE)
+        } else {
+            0
+        };
+        start.min(THP_HOT_BYTES)..THP_HOT_BYTES
+    }
+
+    /// Asks for huge pages on the hot part of a fresh segment (see
+    /// [`Global::huge_page_part`]), before anything touches it.
+    ///
+    /// # Safety
+    /// `base` is a fresh segment-sized reservation of ours.
+    unsafe fn hint_hot_part(&self, base: usize) {
+        let part = self.huge_page_part();
+        if let Some(p) = NonNull::new((base + part.start) as *mut u8) {
+            if !part.is_empty() {
+                // SAFETY: the part lies inside the caller's reservation.
+                unsafe { self.provider.hint_huge_pages(p, part.len()) };
+            }
         }
     }
 
@@ -331,41 +461,52 @@ impl Global {
     }
 
     /// A fresh or recycled segment with an initialised header, owned by
-    /// nobody yet.
+    /// nobody yet, placed on the caller's memory node (see
+    /// [`Global::current_node`]): a cached segment of that node if there
+    /// is one, else any cached segment, moved to the node, else a new
+    /// reservation bound to it.
     pub fn new_segment(&self) -> Option<*mut Segment> {
         let key = self.cookie_key();
         let caps = self.caps();
+        let node = self.current_node();
         // `zero`: the body reads as zero. `fresh`: so does the header; a
         // recycled segment's header was never decommitted and still holds
         // the old descriptors, which must not survive into the new one.
         // `resident`: which slices of a resident recycled body were touched
-        // (its header was never decommitted and still says).
+        // (its header was never decommitted and still says). `bind`: the
+        // pages must be placed on `node` (new, or cached from another node).
         let mut resident = None;
         let mut recycled = false;
-        let (base, zero, fresh) = match self.cache_take(SEGMENT_SIZE) {
-            Some((base, _, committed)) => {
+        let (base, zero, fresh, bind) = match self.cache_take(SEGMENT_SIZE, Some(node)) {
+            Some((base, _, committed, placed_on)) => {
                 recycled = true;
                 if committed {
                     // SAFETY: a cached segment's header is intact and ours.
                     resident = Some(unsafe { (*(base as *const Segment)).resident });
                 }
                 let zero = !committed && caps.contains(Capabilities::ZERO_AFTER_DECOMMIT);
-                (base, zero, false)
+                (base, zero, false, placed_on != node)
             }
             None => {
                 let base = self.reserve(SEGMENT_SIZE, SEGMENT_SIZE)?;
-                if caps.contains(Capabilities::HUGE_PAGES) {
+                // Asked afresh: a frontend may switch huge pages at run time.
+                if self
+                    .provider
+                    .capabilities()
+                    .contains(Capabilities::HUGE_PAGES)
+                {
                     // SAFETY: the range was just reserved.
-                    unsafe {
-                        self.provider
-                            .hint_huge_pages(NonNull::new_unchecked(base as *mut u8), SEGMENT_SIZE)
-                    };
+                    unsafe { self.hint_hot_part(base) };
                 }
                 let zero = caps.contains(Capabilities::ZERO_ON_RESERVE);
-                (base, zero, zero)
+                (base, zero, zero, true)
             }
         };
-
+        if bind {
+            // SAFETY: the range is a whole reservation of ours; before the
+            // header is touched, so its pages follow too.
+            unsafe { self.bind_to_node(base, SEGMENT_SIZE, node) };
+        }
         // SAFETY: header pages of a segment are always committed on use.
         if !unsafe { self.commit(base, HEADER_SLICES * SLICE_SIZE) } {
             // SAFETY: the segment is ours and unused.
@@ -375,7 +516,10 @@ impl Global {
         // SAFETY: the range is ours, aligned and unused.
         let seg = unsafe { Segment::init(base, base, SEGMENT_SIZE, key, fresh) };
         // SAFETY: the header is ours; see `prepare_header`.
-        unsafe { self.prepare_header(seg, fresh, recycled) };
+        unsafe {
+            self.prepare_header(seg, fresh, recycled);
+            (*seg).node = node;
+        }
         // SAFETY: `seg` was just initialised and is exclusively ours.
         unsafe {
             let n = SLICES_PER_SEGMENT - HEADER_SLICES;
@@ -385,6 +529,8 @@ impl Global {
             (*seg).mark_free(HEADER_SLICES, n, resident.is_some(), zero);
         }
         segment_map::insert(base);
+        // SAFETY: initialised above; it stays valid until `retire_segment`.
+        unsafe { self.register(seg) };
         let n = self.stats.segments.fetch_add(1, Ordering::Relaxed) + 1;
         self.stats.segments_peak.fetch_max(n, Ordering::Relaxed);
         Some(seg)
@@ -397,14 +543,16 @@ impl Global {
     /// caller and unreachable from any heap.
     pub unsafe fn retire_segment(&self, seg: *mut Segment) {
         // SAFETY: the caller hands the segment over exclusively.
-        let base = unsafe { (*seg).base() };
+        let (base, node) = unsafe { ((*seg).base(), (*seg).node) };
+        // SAFETY: a live normal segment is registered.
+        unsafe { self.unregister(seg) };
         segment_map::remove(base);
         self.stats.segments.fetch_sub(1, Ordering::Relaxed);
         // Kept resident (within the cache's budget) and decommitted only
         // after the purge delay: in thread churn the next thread takes the
         // segment again within milliseconds, and decommitting it now would
         // only make it fault in again.
-        self.cache_put(base, SEGMENT_SIZE, true);
+        self.cache_put(base, SEGMENT_SIZE, true, node);
     }
 
     /// Pushes a segment whose owner is gone.
@@ -549,13 +697,16 @@ impl Global {
         unsafe { self.retire_segment(seg) };
     }
 
-    /// Pops an abandoned segment for adoption.
+    /// Pops an abandoned segment for adoption: one placed on the caller's
+    /// memory node first (see [`AbandonedStack::pop`]). An adopted segment
+    /// keeps its placement: its live blocks are where they are.
     pub fn pop_abandoned(&self) -> Option<*mut Segment> {
         // Cheap unlocked peek: most slow paths find the list empty.
         if self.stats.abandoned.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let seg = self.abandoned.lock().pop()?;
+        let node = self.current_node();
+        let seg = self.abandoned.lock().pop(node)?;
         self.stats.abandoned.fetch_sub(1, Ordering::Relaxed);
         self.stats.adopted_total.fetch_add(1, Ordering::Relaxed);
         // A purge still decommitting it finishes within a few system calls.
@@ -590,8 +741,8 @@ impl Global {
             // freed twice across a reuse is reported, not obeyed).
             let step = align.max(PAGE_SIZE);
             let want = align_up(off.checked_add(size)?.checked_add(step + guard)?, PAGE_SIZE);
-            let (base, len, zero) = match self.cache_take(want) {
-                Some((base, len, committed)) => {
+            let (base, len, zero) = match self.cache_take(want, None) {
+                Some((base, len, committed, _)) => {
                     reused = true;
                     (
                         base,
@@ -657,6 +808,8 @@ impl Global {
             }
         }
         segment_map::insert(seg_base);
+        // SAFETY: initialised above; it stays valid until `free_huge`.
+        unsafe { self.register(seg) };
         self.stats.huge_live.fetch_add(1, Ordering::Relaxed);
         self.stats.add_active(len);
         Some((p as *mut u8, zero))
@@ -670,8 +823,12 @@ impl Global {
     /// last user.
     pub unsafe fn free_huge(&self, seg: *mut Segment, keep_resident: bool) {
         // SAFETY: the caller hands over the live huge segment.
-        let (seg_base, base, len) =
-            unsafe { ((*seg).base(), (*seg).reservation, (*seg).reservation_len) };
+        let (seg_base, base, len, node) = unsafe {
+            let s = &*seg;
+            (s.base(), s.reservation, s.reservation_len, s.node)
+        };
+        // SAFETY: a live huge segment is registered.
+        unsafe { self.unregister(seg) };
         // The map remembers that a huge block was here, so a second free of
         // it is told from a foreign pointer.
         segment_map::remove_huge(seg_base);
@@ -690,7 +847,7 @@ impl Global {
                 // SAFETY: nothing in the block is live any more.
                 unsafe { self.decommit_body(base, len) };
             }
-            self.cache_put(base, len, keep_resident);
+            self.cache_put(base, len, keep_resident, node);
         } else {
             // SAFETY: the whole reservation is unused now.
             unsafe { self.release(base, len) };
@@ -698,18 +855,19 @@ impl Global {
     }
 
     /// Takes a cached range for a request of `len` bytes: exactly `len` for
-    /// segments; for huge blocks a range up to 1/4 longer is used whole.
-    /// Returns its base, its real length and whether it is resident.
-    fn cache_take(&self, len: usize) -> Option<(usize, usize, bool)> {
-        let e = self.cache.lock().take(len, len == SEGMENT_SIZE)?;
-        Some((e.base, e.len, e.committed))
+    /// segments; for huge blocks a range up to 1/4 longer is used whole;
+    /// one on `node` first, when given. Returns its base, its real length,
+    /// whether it is resident and the node it is placed on.
+    fn cache_take(&self, len: usize, node: Option<u32>) -> Option<(usize, usize, bool, u32)> {
+        let e = self.cache.lock().take(len, len == SEGMENT_SIZE, node)?;
+        Some((e.base, e.len, e.committed, e.node))
     }
 
-    /// Puts a whole unused reservation into the cache. Resident ranges stay
-    /// resident while the resident budget allows; otherwise they are
-    /// decommitted first. When the cache is full the oldest entry is
+    /// Puts a whole unused reservation, placed on memory `node`, into the
+    /// cache. Resident ranges stay resident while the resident budget
+    /// allows; otherwise they are decommitted first. When the cache is full the oldest entry is
     /// released; under memory pressure the range is released at once.
-    fn cache_put(&self, base: usize, len: usize, committed: bool) {
+    fn cache_put(&self, base: usize, len: usize, committed: bool, node: u32) {
         let since = self.now().unwrap_or(0);
         let budget = self.options.huge_cache_bytes.load(Ordering::Relaxed);
         let slots = self.options.segment_cache.load(Ordering::Relaxed);
@@ -728,6 +886,7 @@ impl Global {
             len,
             committed: resident,
             since,
+            node,
         };
         let evicted = self.cache.lock().put(entry, slots);
         if let Some(e) = evicted {
@@ -801,6 +960,7 @@ impl Global {
         core::mem::forget(self.cache.lock());
         core::mem::forget(self.abandoned.lock());
         core::mem::forget(self.release_lock.lock());
+        core::mem::forget(self.registry.lock());
         // After the locks: a guarded operation takes no lock, so it always
         // finishes, while a thread waiting to start one holds none.
         self.fork.quiesce();
@@ -822,6 +982,7 @@ impl Global {
     unsafe fn unlock_locks(&self) {
         // SAFETY: the caller's contract.
         unsafe {
+            self.registry.force_unlock();
             self.release_lock.force_unlock();
             self.abandoned.force_unlock();
             self.cache.force_unlock();

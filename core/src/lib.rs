@@ -12,6 +12,8 @@
 //!   free lists, segregated lists, a byte buddy, pools and slab caches), a
 //!   family of their own over any page provider, sharing nothing with the
 //!   layers below;
+//! - [`fit`]: two-level segregated best fit over chunks a frontend hands
+//!   it (the kernel heap's blocks above the slab sizes);
 //! - [`layout`], [`size_class`]: geometry and size classes;
 //! - [`list`]: the one intrusive list type; [`live`]: the live-block
 //!   bitmap;
@@ -23,10 +25,12 @@
 //!   boundary tags;
 //! - [`bins`]: a heap's free spans, carving and coalescing;
 //!   [`queues`]: a heap's slab queues and direct table;
-//! - [`cache`], [`abandoned`], [`pool`], [`fork`]: the shared pieces
-//!   (cached reservations, abandoned segments, heap records, fork safety);
+//! - [`cache`], [`abandoned`], [`pool`], [`fork`], [`registry`]: the
+//!   shared pieces (cached reservations, abandoned segments, heap records,
+//!   fork safety, the list of live segments);
 //! - [`global`]: state shared by heaps, huge blocks, provider calls;
-//! - [`heap`]: per-thread/per-CPU heaps, the allocation and free paths.
+//! - [`heap`]: per-thread/per-CPU heaps, the allocation and free paths;
+//! - [`introspect`]: the heap walk and the statistics computed from it.
 //!
 //! Hardening runs through every layer, selected at run time by
 //! [`harden::Mitigations`] (presets `off`, `default`, `full`): checked
@@ -42,10 +46,12 @@ pub mod bins;
 pub mod block;
 pub mod cache;
 pub mod fatal;
+pub mod fit;
 pub mod fork;
 pub mod global;
 pub mod harden;
 pub mod heap;
+pub mod introspect;
 pub mod layout;
 pub mod list;
 pub mod live;
@@ -53,6 +59,7 @@ pub mod options;
 pub mod pool;
 pub mod provider;
 pub mod queues;
+pub mod registry;
 pub mod remote;
 pub mod segment;
 pub mod segment_map;
@@ -79,6 +86,7 @@ mod layering {
         "harden",
         "stats",
         "strategy",
+        "fit",
         "list",
         "live",
         "block",
@@ -92,8 +100,10 @@ mod layering {
         "abandoned",
         "pool",
         "fork",
+        "registry",
         "global",
         "heap",
+        "introspect",
     ];
 
     fn sources(module: &str) -> Vec<(String, String)> {

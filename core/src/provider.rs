@@ -25,6 +25,10 @@ use bitflags::bitflags;
 /// The granule of every range crossing the provider boundary.
 pub const PAGE_SIZE: usize = 4096;
 
+/// The size (and alignment) of the huge pages [`PageProvider::hint_huge_pages`]
+/// asks for: x86_64's 2 MiB.
+pub const HUGE_PAGE_SIZE: usize = 2 << 20;
+
 bitflags! {
     /// What a provider's memory does, so the core can skip needless work.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +44,9 @@ bitflags! {
         const ZERO_AFTER_DECOMMIT = 1 << 2;
         /// `decommit` really returns memory (otherwise the core skips it).
         const CAN_DECOMMIT = 1 << 3;
-        /// The provider may back segments with huge pages.
+        /// The core should ask for huge pages on the hot part of new
+        /// segments ([`PageProvider::hint_huge_pages`]). Read again for
+        /// each new segment, so a provider may switch it at run time.
         const HUGE_PAGES = 1 << 4;
         /// `entropy` returns real randomness rather than a fixed fallback.
         const ENTROPY = 1 << 5;
@@ -91,11 +97,41 @@ pub unsafe trait PageProvider: Sync {
     /// hold no data anyone still needs.
     unsafe fn decommit(&self, ptr: NonNull<u8>, len: usize);
 
-    /// Hints that `[ptr, ptr+len)` would benefit from huge pages.
+    /// Hints that `[ptr, ptr+len)` would benefit from huge pages. The core
+    /// calls it (with [`Capabilities::HUGE_PAGES`]) on the hot part of each
+    /// fresh segment: its header and first slabs, [`HUGE_PAGE_SIZE`]-aligned.
     ///
     /// # Safety
     /// The range must lie inside a live reservation.
     unsafe fn hint_huge_pages(&self, _ptr: NonNull<u8>, _len: usize) {}
+
+    /// How many memory nodes (NUMA nodes) the machine has; node numbers run
+    /// below it. 1, the default, means memory is uniform: the core then
+    /// never calls [`PageProvider::current_node`] or
+    /// [`PageProvider::bind_to_node`]. Called once, when the core starts,
+    /// so it may read the system's description but must not allocate.
+    fn node_count(&self) -> usize {
+        1
+    }
+
+    /// The node of the processor the calling thread runs on, below
+    /// [`PageProvider::node_count`] (a larger answer is taken as the last
+    /// node). Called when a heap needs a segment, never on the allocation
+    /// fast path, but it should still be cheap (no lock, at most one
+    /// system call).
+    fn current_node(&self) -> usize {
+        0
+    }
+
+    /// Asks that the pages of `[ptr, ptr+len)` be placed on memory `node`
+    /// from now on: a preference, not a requirement (the system may place
+    /// them elsewhere when the node is full), and it need not move pages
+    /// that are resident already. The default places nothing.
+    ///
+    /// # Safety
+    /// The range must lie inside a live reservation and be page-aligned;
+    /// `node` is below [`PageProvider::node_count`].
+    unsafe fn bind_to_node(&self, _ptr: NonNull<u8>, _len: usize, _node: usize) {}
 
     /// Makes `[ptr, ptr+len)` inaccessible (`accessible == false`: any
     /// access faults) or accessible again. Returns false when the provider

@@ -26,6 +26,10 @@ pub struct Segment {
     pub cookie: usize,
     /// A huge segment holds exactly one block.
     pub is_huge: bool,
+    /// The memory node its pages are placed on (0 on a machine with one
+    /// node), written by `Global::new_segment` before any heap sees the
+    /// segment.
+    pub node: u32,
     /// The provider range this segment came from (released as a whole).
     pub reservation: usize,
     pub reservation_len: usize,
@@ -55,6 +59,12 @@ pub struct Segment {
     /// Links in the owning heap's list, the abandoned list or the cache.
     pub next: *mut Segment,
     pub prev: *mut Segment,
+    /// Links in the registry of live segments (`Global`'s, for the heap
+    /// walk) and the number it gave this segment, written only under its
+    /// lock.
+    pub reg_next: *mut Segment,
+    pub reg_prev: *mut Segment,
+    pub reg_seq: u64,
     /// One descriptor per slice.
     pub slices: [Span; SLICES_PER_SEGMENT],
     /// Which blocks are handed out (see [`crate::live`]); last, so the
@@ -150,6 +160,7 @@ impl Segment {
             (*seg).owner = AtomicUsize::new(0);
             (*seg).cookie = base ^ key;
             (*seg).is_huge = false;
+            (*seg).node = 0;
             (*seg).reservation = reservation;
             (*seg).reservation_len = reservation_len;
             (*seg).used_slices = 0;
@@ -160,6 +171,9 @@ impl Segment {
             (*seg).purging = AtomicBool::new(false);
             (*seg).next = ptr::null_mut();
             (*seg).prev = ptr::null_mut();
+            (*seg).reg_next = ptr::null_mut();
+            (*seg).reg_prev = ptr::null_mut();
+            (*seg).reg_seq = 0;
         }
         seg
     }

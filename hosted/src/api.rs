@@ -8,7 +8,7 @@ use apex_core::layout::MIN_ALIGN;
 use apex_core::{Heap, Snapshot};
 
 use crate::thread::{from_shared, own_heap, with_heap};
-use crate::{bootstrap, init, strategy, tls, GLOBAL};
+use crate::{bootstrap, init, leaks, strategy, tls, GLOBAL};
 
 /// Allocates `size` bytes (16-byte aligned); null when out of memory.
 ///
@@ -35,6 +35,15 @@ fn try_malloc_fast(size: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn malloc_slow(size: usize) -> *mut u8 {
+    if leaks::enabled() {
+        return leaks::watch(size, || allocate(size));
+    }
+    allocate(size)
+}
+
+/// [`malloc`] beyond the fast path, unwatched.
+#[inline(always)]
+fn allocate(size: usize) -> *mut u8 {
     if strategy::classic() {
         return strategy::alloc(size, MIN_ALIGN, false);
     }
@@ -80,44 +89,50 @@ fn malloc_slow_c(size: usize) -> *mut u8 {
 /// Allocates `size` zeroed bytes.
 #[inline]
 pub fn zalloc(size: usize) -> *mut u8 {
-    if strategy::classic() {
-        return strategy::alloc(size, MIN_ALIGN, true);
-    }
-    // Arena memory is never reused, so it is still zero.
-    or_shared(
-        with_heap(|h| h.zalloc(size), || bootstrap::alloc(size, MIN_ALIGN)),
-        |h| h.zalloc(size),
-    )
+    leaks::watch(size, || {
+        if strategy::classic() {
+            return strategy::alloc(size, MIN_ALIGN, true);
+        }
+        // Arena memory is never reused, so it is still zero.
+        or_shared(
+            with_heap(|h| h.zalloc(size), || bootstrap::alloc(size, MIN_ALIGN)),
+            |h| h.zalloc(size),
+        )
+    })
 }
 
 /// Allocates `size` bytes aligned to `align` (a power of two).
 #[inline]
 pub fn malloc_aligned(size: usize, align: usize) -> *mut u8 {
-    if strategy::classic() {
-        return strategy::alloc(size, align, false);
-    }
-    or_shared(
-        with_heap(
+    leaks::watch(size, || {
+        if strategy::classic() {
+            return strategy::alloc(size, align, false);
+        }
+        or_shared(
+            with_heap(
+                |h| h.malloc_aligned(size, align),
+                || bootstrap::alloc(size, align),
+            ),
             |h| h.malloc_aligned(size, align),
-            || bootstrap::alloc(size, align),
-        ),
-        |h| h.malloc_aligned(size, align),
-    )
+        )
+    })
 }
 
 /// Allocates `size` zeroed bytes aligned to `align` (a power of two).
 #[inline]
 pub fn zalloc_aligned(size: usize, align: usize) -> *mut u8 {
-    if strategy::classic() {
-        return strategy::alloc(size, align, true);
-    }
-    or_shared(
-        with_heap(
+    leaks::watch(size, || {
+        if strategy::classic() {
+            return strategy::alloc(size, align, true);
+        }
+        or_shared(
+            with_heap(
+                |h| h.zalloc_aligned(size, align),
+                || bootstrap::alloc(size, align),
+            ),
             |h| h.zalloc_aligned(size, align),
-            || bootstrap::alloc(size, align),
-        ),
-        |h| h.zalloc_aligned(size, align),
-    )
+        )
+    })
 }
 
 /// Frees a block; null and foreign pointers are ignored.
@@ -128,12 +143,8 @@ pub fn zalloc_aligned(size: usize, align: usize) -> *mut u8 {
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
     // SAFETY: forwarded from the caller; the slot holds this thread's heap
-    // or the placeholder.
-    if unsafe { Heap::try_free_fast_raw(tls::heap(), p) } {
-        return;
-    }
-    // SAFETY: forwarded from the caller.
-    unsafe { free_slow(p) }
+    // or the placeholder; `free_slow` completes any free.
+    unsafe { Heap::free_raw_or(tls::heap(), p, free_slow) }
 }
 
 /// # Safety
@@ -141,6 +152,9 @@ pub unsafe fn free(p: *mut u8) {
 #[cold]
 #[inline(never)]
 unsafe fn free_slow(p: *mut u8) {
+    // Before the block is freed: once it is, another thread may get the
+    // same address and sample it.
+    leaks::before_free(p);
     if strategy::classic() {
         // SAFETY: forwarded from the caller.
         return unsafe { strategy::free(p) };
@@ -170,6 +184,16 @@ pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
 /// `p` must be a live block of this allocator allocated with at least
 /// `align` alignment, or foreign.
 pub unsafe fn realloc_aligned(p: *mut u8, align: usize, size: usize) -> *mut u8 {
+    // SAFETY: forwarded from the caller.
+    leaks::watch_realloc_if_on(p, size, || unsafe { resize(p, align, size) })
+}
+
+/// [`realloc_aligned`], unwatched.
+///
+/// # Safety
+/// As [`realloc_aligned`].
+#[inline(always)]
+unsafe fn resize(p: *mut u8, align: usize, size: usize) -> *mut u8 {
     if bootstrap::contains(p) {
         let q = malloc_aligned(size, align);
         if !q.is_null() {

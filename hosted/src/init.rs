@@ -6,7 +6,7 @@
 use core::ptr;
 use core::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering};
 
-use crate::{options, report, thread, tls, GLOBAL};
+use crate::{leaks, options, report, thread, tls, GLOBAL};
 
 const UNINIT: u8 = 0;
 const INITIALISING: u8 = 1;
@@ -39,7 +39,7 @@ pub(crate) fn ensure_global() {
     options::read_environment();
     GLOBAL.ensure_init();
     thread::bind_process();
-    if options::SHOW_STATS.load(Ordering::Relaxed) {
+    if options::SHOW_STATS.load(Ordering::Relaxed) || leaks::enabled() {
         report::keep_stderr();
     }
     tls::set(before);
@@ -59,6 +59,9 @@ static INIT_AT_LOAD: extern "C" fn() = init_at_load;
 
 extern "C" fn init_at_load() {
     ensure_global();
+    // Loading the unwinder takes `dlopen`: here, once the program is
+    // loaded, rather than in whichever allocation came first.
+    leaks::start();
 }
 
 // ---------------------------------------------------------------------------

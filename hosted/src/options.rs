@@ -8,18 +8,20 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `APEX_SHOW_STATS` | 0 | `1`: print a statistics line at exit, `apexalloc[program:pid]: ...`, on the stderr the program started with (even when the program has closed it) |
-//! | `APEX_STATS_FILE` | `stderr` | with `APEX_SHOW_STATS=1`: append the statistics line to this file instead (`%p` becomes the process id; a relative name is taken from the directory at start) |
+//! | `APEX_SHOW_STATS` | 0 | `1`: print a statistics line at exit, `apexalloc[program:pid]: ...`, on the stderr the program started with (even when the program has closed it); `json`: one JSON document instead (totals, size classes, threads, segments; see docs/stats-json.md) |
+//! | `APEX_STATS_FILE` | `stderr` | with `APEX_SHOW_STATS`: append the statistics line (or document) to this file instead (`%p` becomes the process id; a relative name is taken from the directory at start) |
 //! | `APEX_VERBOSE` | 0 | `1`: print the settings at start, once per process tree (this process's environment then reads `APEX_VERBOSE=S`, which its children inherit); `all`: in every process |
 //! | `APEX_HARDEN` | `default` | mitigations against heap exploitation: a preset, `off`, `default` or `full`, then single mitigations added with `+name` or removed with `-name`, comma-separated (`default,+zero,-shuffle`); names: `links`, `bitmap`, `foreign`, `guards`, `shuffle`, `canary`, `zero`, `quarantine`, `isolate`, `large-guards` (see the README's mitigation table) |
 //! | `APEX_PURGE_DELAY_MS` | 100 | how long a segment must go without new free memory before that memory is returned (deferred at most 8×; a reserve of a quarter of what a heap uses stays) |
 //! | `APEX_DECOMMIT` | `dontneed` | `free`: return memory with `MADV_FREE` instead of `MADV_DONTNEED` |
-//! | `APEX_THP` | 0 | `1`: ask for transparent huge pages on segments |
+//! | `APEX_THP` | 0 | `1`: ask for transparent huge pages (`MADV_HUGEPAGE`) for the hot part of each new segment, its first 4 MiB (header and first slabs; with guard pages on, less the first 2 MiB; see docs/numa-thp.md) |
 //! | `APEX_SEGMENT_CACHE` | 8 | empty segments and freed huge blocks kept for reuse |
 //! | `APEX_HUGE_CACHE_MB` | 256 | resident bytes of freed huge blocks and empty segments kept for reuse (decommitted after the purge delay) |
 //! | `APEX_BACKGROUND_PURGE_MS` | 0 | run a background thread this often that returns cached and abandoned memory (and the shared heap's), so a process that goes quiet after a burst gives memory back; 0: no thread |
 //! | `APEX_STRATEGY` | `apex` | the allocation engine: `apex` (the default design), or a classic one, `first-fit`, `next-fit`, `best-fit`, `worst-fit`, `seglist` or `buddy`: one heap for the process under one lock, in the program break (see docs/strategies.md); an unknown name is reported and `apex` kept |
 //! | `APEX_MMAP_THRESHOLD` | 131072 | with a classic `APEX_STRATEGY`: requests of this many bytes or more get a mapping of their own; smaller ones come from the engine |
+//! | `APEX_LEAKS` | 0 | `1`: at exit, report the blocks still live grouped by the call stack that allocated them, heaviest sites first, after the statistics and to the same place (sampled: see `APEX_LEAKS_SAMPLE` and docs/leaks.md) |
+//! | `APEX_LEAKS_SAMPLE` | 524288 | with `APEX_LEAKS`: the mean number of bytes a thread allocates between two sampled blocks (the distance is drawn at random each time); `1`: sample every block |
 //!
 //! Start-up walks `environ` once, without allocating:
 //! - a listed name with a valid value sets its option; an empty value
@@ -87,21 +89,23 @@ impl Opt {
 
 /// Every `APEX_*` variable the library accepts; the listed ones first, in
 /// the README's order.
-pub static OPTIONS: [Opt; 14] = [
+pub static OPTIONS: [Opt; 16] = [
     Opt {
         name: "APEX_SHOW_STATS",
         default: "0",
         meaning: "`1`: print a statistics line at exit, `apexalloc[program:pid]: ...`, \
-                  on the stderr the program started with (even when the program has closed it)",
-        expected: "0 or 1",
+                  on the stderr the program started with (even when the program has closed it); \
+                  `json`: one JSON document instead (totals, size classes, threads, segments; \
+                  see docs/stats-json.md)",
+        expected: "0, 1 or json",
         listed: true,
-        set: |v| set_flag(&SHOW_STATS, v),
-        show: |l| show_flag(&SHOW_STATS, l),
+        set: set_show_stats,
+        show: |l| l.push(show_stats_name().to_bytes()),
     },
     Opt {
         name: "APEX_STATS_FILE",
         default: "stderr",
-        meaning: "with `APEX_SHOW_STATS=1`: append the statistics line to this file instead \
+        meaning: "with `APEX_SHOW_STATS`: append the statistics line (or document) to this file instead \
                   (`%p` becomes the process id; a relative name is taken from the directory \
                   at start)",
         expected: "a file name shorter than 4096 bytes",
@@ -183,7 +187,9 @@ pub static OPTIONS: [Opt; 14] = [
     Opt {
         name: "APEX_THP",
         default: "0",
-        meaning: "`1`: ask for transparent huge pages on segments",
+        meaning: "`1`: ask for transparent huge pages (`MADV_HUGEPAGE`) for the hot part of \
+                  each new segment, its first 4 MiB (header and first slabs; with guard pages \
+                  on, less the first 2 MiB; see docs/numa-thp.md)",
         expected: "0 or 1",
         listed: true,
         set: |v| set_flag(&provider::HUGE_PAGES, v),
@@ -284,6 +290,26 @@ pub static OPTIONS: [Opt; 14] = [
         },
     },
     Opt {
+        name: "APEX_LEAKS",
+        default: "0",
+        meaning: "`1`: at exit, report the blocks still live grouped by the call stack that allocated them, heaviest sites first, after the statistics and to the same place (sampled: see `APEX_LEAKS_SAMPLE` and docs/leaks.md)",
+        expected: "0 or 1",
+        listed: true,
+        set: crate::leaks::set_enabled,
+        show: |l| l.push(if crate::leaks::enabled() { b"1" } else { b"0" }),
+    },
+    Opt {
+        name: "APEX_LEAKS_SAMPLE",
+        default: "524288",
+        meaning: "with `APEX_LEAKS`: the mean number of bytes a thread allocates between two sampled blocks (the distance is drawn at random each time); `1`: sample every block",
+        expected: "a whole number of bytes, at least 1",
+        listed: true,
+        set: |v| number(v).is_some_and(crate::leaks::set_sample),
+        show: |l| {
+            let _ = write!(l, "{}", crate::leaks::sample_mean());
+        },
+    },
+    Opt {
         name: "APEX_TEST_HANDOFF_FD",
         default: "-1",
         meaning: "test aid: the first cross-thread hand-off writes a byte to this descriptor \
@@ -314,6 +340,34 @@ pub static OPTIONS: [Opt; 14] = [
 
 /// `APEX_SHOW_STATS`: print statistics at exit.
 pub(crate) static SHOW_STATS: AtomicBool = AtomicBool::new(false);
+/// `APEX_SHOW_STATS=json`: as a JSON document.
+pub(crate) static STATS_JSON: AtomicBool = AtomicBool::new(false);
+
+/// Sets `APEX_SHOW_STATS` from `0`, `1` or `json` (also at run time,
+/// through `apex_ctl`).
+pub(crate) fn set_show_stats(v: &[u8]) -> bool {
+    let (on, json) = match v {
+        b"0" => (false, false),
+        b"1" => (true, false),
+        b"json" => (true, true),
+        _ => return false,
+    };
+    STATS_JSON.store(json, Ordering::Relaxed);
+    SHOW_STATS.store(on, Ordering::Relaxed);
+    true
+}
+
+/// The current `APEX_SHOW_STATS` value: `0`, `1` or `json`.
+pub(crate) fn show_stats_name() -> &'static CStr {
+    match (
+        SHOW_STATS.load(Ordering::Relaxed),
+        STATS_JSON.load(Ordering::Relaxed),
+    ) {
+        (false, _) => c"0",
+        (true, false) => c"1",
+        (true, true) => c"json",
+    }
+}
 
 fn set_harden(v: &[u8]) -> bool {
     let Ok(text) = core::str::from_utf8(v) else {
@@ -452,6 +506,13 @@ static STATS_FILE: spin::Once<StatsPath> = spin::Once::new();
 /// unknown), still with its `%p`s.
 pub(crate) fn stats_file() -> Option<&'static [u8]> {
     STATS_FILE.get().map(|p| &p.buf[..p.len])
+}
+
+/// The `APEX_STATS_FILE` path as a C string (the buffer is zeroed past
+/// the path, which is always shorter than it).
+pub(crate) fn stats_file_cstr() -> Option<&'static CStr> {
+    let p = STATS_FILE.get()?;
+    CStr::from_bytes_until_nul(&p.buf[..=p.len]).ok()
 }
 
 fn set_stats_file(v: &[u8]) -> bool {

@@ -79,6 +79,133 @@ fn map_at_random(len: usize, align: usize) -> Option<usize> {
 /// Anonymous memory from the kernel.
 pub struct MmapProvider;
 
+// ---------------------------------------------------------------------------
+// Memory nodes (NUMA)
+// ---------------------------------------------------------------------------
+
+/// The machine's memory nodes, once read (0: not read yet).
+static NODE_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// The highest node `mbind` is asked for: the node mask is one word.
+const MAX_BIND_NODE: usize = 63;
+
+/// `MPOL_PREFERRED` of `<linux/mempolicy.h>`: allocate on the given node
+/// when it has free memory, else anywhere.
+const MPOL_PREFERRED: libc::c_int = 1;
+
+/// The number of memory nodes: one more than the highest node listed in
+/// `/sys/devices/system/node/online`, read once with raw system calls into
+/// a buffer on the stack (start-up cannot allocate). 1 when the file is
+/// missing or unreadable (a kernel without NUMA).
+fn node_count() -> usize {
+    let known = NODE_COUNT.load(Ordering::Relaxed);
+    if known != 0 {
+        return known;
+    }
+    let _errno = SavedErrno::new();
+    let mut buf = [0u8; 256];
+    let path = c"/sys/devices/system/node/online";
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    let mut n = 0;
+    if fd >= 0 {
+        // SAFETY: reads at most `buf.len()` bytes into `buf`.
+        let got = unsafe { libc::syscall(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()) };
+        n = usize::try_from(got).unwrap_or(0);
+        // SAFETY: our own descriptor.
+        unsafe { libc::syscall(libc::SYS_close, fd) };
+    }
+    let count = parse_node_list(&buf[..n]).unwrap_or(1);
+    NODE_COUNT.store(count, Ordering::Relaxed);
+    count
+}
+
+/// One more than the highest node of a kernel node list (`0`, `0-3`,
+/// `0,2-3`, with a trailing newline); `None` when it is not one.
+fn parse_node_list(text: &[u8]) -> Option<usize> {
+    let text = text.strip_suffix(b"\n").unwrap_or(text);
+    let mut highest = None;
+    for range in text.split(|&c| c == b',') {
+        // The last number of `a-b` or `a` is the range's highest.
+        let last = range.rsplit(|&c| c == b'-').next()?;
+        if last.is_empty() || last.len() > 6 || !last.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = last
+            .iter()
+            .fold(0usize, |n, &c| n * 10 + usize::from(c - b'0'));
+        highest = highest.max(Some(n));
+    }
+    highest.map(|h| h + 1)
+}
+
+/// The node of the CPU the calling thread runs on (`getcpu`), 0 when the
+/// call fails.
+fn current_node() -> usize {
+    let _errno = SavedErrno::new();
+    let (mut cpu, mut node) = (0u32, 0u32);
+    // SAFETY: both out-parameters are valid; the third (a cache the kernel
+    // ignores since 2.6.24) may be null.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_getcpu,
+            &mut cpu as *mut u32,
+            &mut node as *mut u32,
+            core::ptr::null_mut::<libc::c_void>(),
+        )
+    };
+    if r == 0 {
+        node as usize
+    } else {
+        0
+    }
+}
+
+/// Prefers `node` for the pages of a range (`mbind` with
+/// `MPOL_PREFERRED`; pages already resident stay where they are). Only
+/// with two nodes or more: on one node there is nothing to choose.
+/// Returns whether the kernel took the policy.
+///
+/// # Safety
+/// The range is page-aligned and a live mapping of ours.
+unsafe fn bind(addr: usize, len: usize, node: usize) -> bool {
+    if node > MAX_BIND_NODE || node_count() < 2 {
+        return false;
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { mbind_preferred(addr, len, node) }
+}
+
+/// The `mbind` system call itself.
+///
+/// # Safety
+/// As [`bind`]; `node <= MAX_BIND_NODE`.
+unsafe fn mbind_preferred(addr: usize, len: usize, node: usize) -> bool {
+    let _errno = SavedErrno::new();
+    let mask: libc::c_ulong = 1 << node;
+    // SAFETY: the caller's range; the mask is one word, and `maxnode`
+    // counts one bit more than it holds, as the kernel expects.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mbind,
+            addr,
+            len,
+            MPOL_PREFERRED,
+            &mask as *const libc::c_ulong,
+            (MAX_BIND_NODE + 2) as libc::c_ulong,
+            0u32,
+        )
+    };
+    r == 0
+}
+
 fn map(len: usize) -> Option<usize> {
     // SAFETY: anonymous private mapping; no file, no fixed address.
     let p = unsafe {
@@ -186,8 +313,22 @@ unsafe impl PageProvider for MmapProvider {
     }
 
     unsafe fn hint_huge_pages(&self, ptr: NonNull<u8>, len: usize) {
+        let _errno = SavedErrno::new();
         // SAFETY: the range is a live mapping of ours.
         unsafe { libc::madvise(ptr.as_ptr() as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    }
+
+    fn node_count(&self) -> usize {
+        node_count()
+    }
+
+    fn current_node(&self) -> usize {
+        current_node()
+    }
+
+    unsafe fn bind_to_node(&self, ptr: NonNull<u8>, len: usize, node: usize) {
+        // SAFETY: the core passes a page-aligned range of a live mapping.
+        unsafe { bind(ptr.as_ptr() as usize, len, node) };
     }
 
     unsafe fn protect(&self, ptr: NonNull<u8>, len: usize, accessible: bool) -> bool {
@@ -230,5 +371,69 @@ unsafe impl PageProvider for MmapProvider {
         crate::report::write_stderr("\n");
         // SAFETY: abort is always safe to call; it raises SIGABRT.
         unsafe { libc::abort() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_lists() {
+        assert_eq!(parse_node_list(b"0\n"), Some(1));
+        assert_eq!(parse_node_list(b"0-1\n"), Some(2));
+        assert_eq!(parse_node_list(b"0,2-3"), Some(4));
+        assert_eq!(parse_node_list(b"1,0"), Some(2));
+        for bad in [&b""[..], b"\n", b"x", b"0-", b"0,,1", b"1234567"] {
+            assert_eq!(parse_node_list(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn this_machine_has_nodes_and_runs_on_one() {
+        let n = node_count();
+        assert!(n >= 1);
+        assert_eq!(NODE_COUNT.load(Ordering::Relaxed), n, "read once, kept");
+        assert!(current_node() < n);
+    }
+
+    /// The policy a page of ours has (`get_mempolicy` with `MPOL_F_ADDR`).
+    fn policy_at(addr: usize) -> Option<libc::c_int> {
+        let mut mode: libc::c_int = -1;
+        // SAFETY: `mode` is a valid out-parameter; no node mask is asked
+        // for.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_get_mempolicy,
+                &mut mode as *mut libc::c_int,
+                core::ptr::null_mut::<libc::c_ulong>(),
+                0 as libc::c_ulong,
+                addr,
+                2 as libc::c_ulong, // MPOL_F_ADDR
+            )
+        };
+        (r == 0).then_some(mode)
+    }
+
+    #[test]
+    fn binding_sets_a_preferred_policy_only_with_two_nodes() {
+        let len = 4 * PAGE_SIZE;
+        let a = map(len).expect("map");
+        let Some(before) = policy_at(a) else {
+            // A kernel without NUMA support: nothing to bind.
+            unmap(a, len);
+            return;
+        };
+        assert_eq!(before, 0, "MPOL_DEFAULT on a fresh mapping");
+        // SAFETY: `a` is our fresh mapping.
+        let bound = unsafe { bind(a, len, 0) };
+        assert_eq!(bound, node_count() >= 2);
+        let expected = if bound { MPOL_PREFERRED } else { 0 };
+        assert_eq!(policy_at(a), Some(expected));
+        // The system call itself works here too, on node 0.
+        // SAFETY: as above.
+        assert!(unsafe { mbind_preferred(a, len, 0) });
+        assert_eq!(policy_at(a + PAGE_SIZE), Some(MPOL_PREFERRED));
+        unmap(a, len);
     }
 }

@@ -1,5 +1,7 @@
 //! Reports without allocating: fatal errors ([`write_stderr`]), option
-//! warnings, the `APEX_VERBOSE` settings line and the statistics line.
+//! warnings, the `APEX_VERBOSE` settings line and the statistics line
+//! (with `APEX_SHOW_STATS=json`, the exit report is the document of
+//! [`mod@crate::stats_json`] instead, sent to the same place).
 //!
 //! A report is formatted into a fixed buffer on the stack ([`Line`]) and
 //! goes out in one `write`, so lines of processes sharing a pipe or a file
@@ -106,7 +108,7 @@ extern "C" {
 }
 
 /// The program's name (the base name of `argv[0]`), at most 64 bytes.
-fn program_name() -> &'static [u8] {
+pub(crate) fn program_name() -> &'static [u8] {
     // SAFETY: the C library sets the variable before constructors run and
     // programs do not change it; it is null or a NUL-terminated string
     // that lives as long as the process.
@@ -190,7 +192,7 @@ pub(crate) fn keep_stderr() {
 
 /// The descriptor for the exit report: the private duplicate while it
 /// still names the start-up stderr, else 2.
-fn exit_report_fd() -> c_int {
+pub(crate) fn exit_report_fd() -> c_int {
     let fd = STATS_FD.load(Ordering::Relaxed);
     let kept = (
         STATS_DEV.load(Ordering::Relaxed),
@@ -209,6 +211,18 @@ const PATH_ROOM: usize = options::STATS_PATH_MAX + 64;
 /// Appends `line` to the file named by `template` (`%p` replaced by the
 /// process id) in one `write`. Returns whether it was written.
 fn append_to_file(template: &[u8], line: &[u8]) -> bool {
+    let Some(fd) = open_stats_file(template) else {
+        return false;
+    };
+    let ok = write_once(fd, line);
+    // SAFETY: closes the descriptor opened above.
+    unsafe { libc::close(fd) };
+    ok
+}
+
+/// Opens the file named by `template` (`%p` replaced by the process id)
+/// for appending, creating it if needed.
+pub(crate) fn open_stats_file(template: &[u8]) -> Option<c_int> {
     let mut buf = [0u8; PATH_ROOM];
     let mut path = Line::new(&mut buf);
     // SAFETY: getpid has no preconditions.
@@ -221,7 +235,7 @@ fn append_to_file(template: &[u8], line: &[u8]) -> bool {
     }
     path.push(rest);
     if path.len + 1 >= PATH_ROOM {
-        return false; // cut off
+        return None; // cut off
     }
     let len = path.len;
     buf[len] = 0;
@@ -233,13 +247,7 @@ fn append_to_file(template: &[u8], line: &[u8]) -> bool {
             0o644 as libc::c_uint,
         )
     };
-    if fd < 0 {
-        return false;
-    }
-    let ok = write_once(fd, line);
-    // SAFETY: closes the descriptor opened above.
-    unsafe { libc::close(fd) };
-    ok
+    (fd >= 0).then_some(fd)
 }
 
 // ---------------------------------------------------------------------------
@@ -280,13 +288,23 @@ pub fn print_stats() {
     write_once(2, line.finish());
 }
 
-/// Prints statistics at exit when `APEX_SHOW_STATS` is set.
+/// Prints statistics at exit when `APEX_SHOW_STATS` is set, then the leak
+/// report when `APEX_LEAKS` is.
 #[used]
 #[link_section = ".fini_array"]
-static STATS_AT_EXIT: extern "C" fn() = stats_at_exit;
+static STATS_AT_EXIT: extern "C" fn() = reports_at_exit;
 
-extern "C" fn stats_at_exit() {
+extern "C" fn reports_at_exit() {
+    stats_at_exit();
+    crate::leaks::report_at_exit();
+}
+
+fn stats_at_exit() {
     if !options::SHOW_STATS.load(Ordering::Relaxed) {
+        return;
+    }
+    if options::STATS_JSON.load(Ordering::Relaxed) {
+        crate::stats_json::write_at_exit();
         return;
     }
     let mut buf = [0u8; 512];

@@ -558,7 +558,7 @@ fn sample(h: &Classic<Brk>, request: usize) {
 
 static PEAK_LIVE: AtomicUsize = AtomicUsize::new(0);
 
-/// With `APEX_SHOW_STATS=1` and a classic engine, a second line at exit
+/// With `APEX_SHOW_STATS=1` (not `json`) and a classic engine, a second line at exit
 /// (key=value, bytes): the engine; the peak of live bytes (usable sizes,
 /// mapped blocks included) and of bytes held (the engine's memory plus
 /// mappings); and, near the engine's peak, its live, held and free bytes,
@@ -570,7 +570,10 @@ static PEAK_LIVE: AtomicUsize = AtomicUsize::new(0);
 static REPORT_AT_EXIT: extern "C" fn() = report_at_exit;
 
 extern "C" fn report_at_exit() {
-    if !ACTIVE.load(Ordering::Relaxed) || !crate::options::SHOW_STATS.load(Ordering::Relaxed) {
+    if !ACTIVE.load(Ordering::Relaxed)
+        || !crate::options::SHOW_STATS.load(Ordering::Relaxed)
+        || crate::options::STATS_JSON.load(Ordering::Relaxed)
+    {
         return;
     }
     let s = stats();

@@ -9,7 +9,7 @@ use core::ptr::{self, NonNull};
 use apex_core::Heap;
 use spin::Mutex;
 
-use crate::{init, tls, GLOBAL};
+use crate::{init, leaks, thread_ids, tls, GLOBAL};
 
 /// The heap used by threads whose own heap is gone (after thread exit) or
 /// could not be created; every operation on it holds the lock.
@@ -36,11 +36,22 @@ pub(crate) fn bind_process() {
     // fallback of threads that cannot get a heap or a segment of their own,
     // which happens exactly when memory is short, when it could not get one
     // either. (Address space only: nothing is touched until it is used.)
-    *SHARED.lock() = Heap::create(&GLOBAL).map(|mut h| {
+    *SHARED.lock() = create_heap().map(|mut h| {
         // SAFETY: just created, not yet shared with anybody.
         unsafe { h.as_mut().pin_segment() };
         HeapPtr(h)
     });
+}
+
+/// A new heap. With leak reports on, its fast paths are disabled, so that
+/// every allocation and free reaches the out-of-line paths that sample.
+fn create_heap() -> Option<NonNull<Heap>> {
+    let mut h = Heap::create(&GLOBAL)?;
+    if leaks::enabled() {
+        // SAFETY: just created, not yet shared with anybody.
+        unsafe { h.as_mut().disable_fast_paths() };
+    }
+    Some(h)
 }
 
 /// Registers the fork handlers (this may allocate, so it runs once the
@@ -64,6 +75,7 @@ extern "C" fn thread_exit(value: *mut libc::c_void) {
     // From here on this thread allocates from the shared heap.
     tls::set(tls::EXITED);
     if let Some(h) = NonNull::new(value as *mut Heap) {
+        thread_ids::unbind(h.as_ptr() as usize);
         // SAFETY: the key's value is this thread's heap, used by nobody else.
         unsafe { Heap::destroy(h) };
     }
@@ -103,8 +115,9 @@ fn with_heap_slow<R>(state: usize, f: impl FnOnce(&mut Heap) -> R, boot: impl Fn
     if state == tls::UNSET {
         init::ensure_global();
         tls::set(tls::IN_INIT);
-        if let Some(h) = Heap::create(&GLOBAL) {
+        if let Some(h) = create_heap() {
             tls::set(h.as_ptr() as usize);
+            thread_ids::bind(h.as_ptr() as usize);
             // SAFETY: the key was created in `bind_process`. A nested
             // allocation inside pthread_setspecific finds the heap set.
             unsafe { libc::pthread_setspecific(THREAD_KEY, h.as_ptr() as *const libc::c_void) };
@@ -115,7 +128,7 @@ fn with_heap_slow<R>(state: usize, f: impl FnOnce(&mut Heap) -> R, boot: impl Fn
     }
     let mut shared = SHARED.lock();
     if shared.is_none() {
-        *shared = Heap::create(&GLOBAL).map(HeapPtr);
+        *shared = create_heap().map(HeapPtr);
     }
     match *shared {
         // SAFETY: the shared heap is used only under this lock.
@@ -133,7 +146,7 @@ fn with_heap_slow<R>(state: usize, f: impl FnOnce(&mut Heap) -> R, boot: impl Fn
 pub(crate) fn from_shared(f: impl FnOnce(&mut Heap) -> *mut u8) -> *mut u8 {
     let mut shared = SHARED.lock();
     if shared.is_none() {
-        *shared = Heap::create(&GLOBAL).map(HeapPtr);
+        *shared = create_heap().map(HeapPtr);
     }
     match *shared {
         // SAFETY: the shared heap is used only under this lock.
@@ -149,9 +162,11 @@ pub(crate) fn from_shared(f: impl FnOnce(&mut Heap) -> *mut u8) -> *mut u8 {
 extern "C" fn fork_prepare() {
     core::mem::forget(SHARED.lock());
     GLOBAL.lock_all();
+    leaks::fork_prepare();
 }
 
 extern "C" fn fork_parent() {
+    leaks::fork_release();
     // SAFETY: this thread took the locks in `fork_prepare`.
     unsafe {
         GLOBAL.unlock_all();
@@ -160,9 +175,13 @@ extern "C" fn fork_parent() {
 }
 
 extern "C" fn fork_child() {
+    leaks::fork_release();
     // SAFETY: the child has one thread, the one that took the locks.
     unsafe {
         GLOBAL.fork_child_reset();
         SHARED.force_unlock();
     }
+    // The child's one thread has an id of its own.
+    let own = own_heap().map_or(0, |h| h as *mut Heap as usize);
+    thread_ids::reset_in_child(own);
 }

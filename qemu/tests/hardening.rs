@@ -1,7 +1,9 @@
 //! The mitigations on the kernel frontend: each attack runs against its own
 //! allocator instance (a `Global` over the kernel's buddy provider, behind a
 //! `KernelAlloc`) with the preset it needs, and must end in the provider's
-//! fatal hook with the exact line the hosted library prints.
+//! fatal hook with the exact line the hosted library prints. The first seven
+//! attack the slab heaps (a `KernelAlloc` that puts small blocks there), the
+//! last five the best-fit blocks every other block is (the default).
 //!
 //! A detected misuse never returns, so the fatal hook is the test's
 //! continuation: it checks the line, then starts the next attack on a fresh
@@ -15,6 +17,7 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use apex_bare_metal::kernel_alloc::SMALL_SLAB_LIMIT;
 use apex_bare_metal::KernelAlloc;
 use apex_core::harden::Mitigations;
 use apex_core::Global;
@@ -29,15 +32,31 @@ fn on_cpu_zero() -> Option<usize> {
 }
 
 /// One instance per attack: a fatal line leaves its state mid-operation.
-static GLOBALS: [Global; 7] = [const { Global::new(&PROVIDER) }; 7];
-static HEAPS: [KernelAlloc; 7] = [
-    KernelAlloc::new(&GLOBALS[0], on_cpu_zero),
-    KernelAlloc::new(&GLOBALS[1], on_cpu_zero),
-    KernelAlloc::new(&GLOBALS[2], on_cpu_zero),
-    KernelAlloc::new(&GLOBALS[3], on_cpu_zero),
-    KernelAlloc::new(&GLOBALS[4], on_cpu_zero),
-    KernelAlloc::new(&GLOBALS[5], on_cpu_zero),
-    KernelAlloc::new(&GLOBALS[6], on_cpu_zero),
+static GLOBALS: [Global; 12] = [const { Global::new(&PROVIDER) }; 12];
+
+/// Small blocks in the slab heaps.
+const fn slabs(i: usize) -> KernelAlloc {
+    KernelAlloc::with_slab_limit(&GLOBALS[i], on_cpu_zero, SMALL_SLAB_LIMIT)
+}
+
+/// Every block from best fit (the default).
+const fn best_fit(i: usize) -> KernelAlloc {
+    KernelAlloc::new(&GLOBALS[i], on_cpu_zero)
+}
+
+static HEAPS: [KernelAlloc; 12] = [
+    slabs(0),
+    slabs(1),
+    slabs(2),
+    slabs(3),
+    slabs(4),
+    slabs(5),
+    slabs(6),
+    best_fit(7),
+    best_fit(8),
+    best_fit(9),
+    best_fit(10),
+    best_fit(11),
 ];
 
 /// An attack: its name, the preset it runs under, the start of the line it
@@ -49,7 +68,7 @@ type Attack = (
     fn(&'static KernelAlloc),
 );
 
-const ATTACKS: [Attack; 7] = [
+const ATTACKS: [Attack; 12] = [
     (
         "double_free",
         Mitigations::DEFAULT,
@@ -91,6 +110,36 @@ const ATTACKS: [Attack; 7] = [
         Mitigations::FULL,
         "apexalloc: fatal: write after free (0x",
         write_after_free,
+    ),
+    (
+        "best_fit_double_free",
+        Mitigations::DEFAULT,
+        "apexalloc: fatal: double free (0x",
+        fit_double_free,
+    ),
+    (
+        "best_fit_cached_double_free",
+        Mitigations::DEFAULT,
+        "apexalloc: fatal: double free (0x",
+        fit_cached_double_free,
+    ),
+    (
+        "best_fit_forged_quick_list_link",
+        Mitigations::DEFAULT,
+        "apexalloc: fatal: free-list corruption (0x",
+        fit_forged_quick_link,
+    ),
+    (
+        "best_fit_overflow_into_free_neighbour",
+        Mitigations::DEFAULT,
+        "apexalloc: fatal: free-list corruption (0x",
+        fit_overflow_into_neighbour,
+    ),
+    (
+        "best_fit_interior_pointer_free",
+        Mitigations::DEFAULT,
+        "apexalloc: fatal: invalid free (0x",
+        fit_interior_free,
     ),
 ];
 
@@ -209,4 +258,65 @@ fn write_after_free(h: &'static KernelAlloc) {
     for _ in 0..20_000 {
         alloc(h, 64);
     }
+}
+
+/// A block above the quick lists' sizes, freed twice: the second free
+/// finds its header marked free.
+fn fit_double_free(h: &'static KernelAlloc) {
+    let p = alloc(h, 8000);
+    let _keep = alloc(h, 8000);
+    free(h, p, 8000);
+    free(h, p, 8000);
+}
+
+/// A small block freed twice: the first free put it on a quick list, and
+/// the second finds it marked cached.
+fn fit_cached_double_free(h: &'static KernelAlloc) {
+    let p = alloc(h, 100);
+    free(h, p, 100);
+    free(h, p, 100);
+}
+
+/// Overwrites the link of a block waiting on a quick list (a write after
+/// free) with an address of the attacker's choosing: the allocation that
+/// would follow it finds the link out of reach (it is stored masked, so the
+/// forged value decodes to garbage).
+fn fit_forged_quick_link(h: &'static KernelAlloc) {
+    let victim = alloc(h, 100);
+    let a = alloc(h, 100);
+    let b = alloc(h, 100);
+    free(h, a, 100);
+    free(h, b, 100);
+    // SAFETY: writing into the freed block is the attack.
+    unsafe { *(b as *mut usize) = victim as usize - 8 };
+    for _ in 0..3 {
+        alloc(h, 100);
+    }
+}
+
+/// A linear overflow from one block into the free block after it rewrites
+/// that block's free-list links; freeing the first block, which merges
+/// with it, finds them broken before following them.
+fn fit_overflow_into_neighbour(h: &'static KernelAlloc) {
+    let a = alloc(h, 8000);
+    let b = alloc(h, 8000);
+    let _c = alloc(h, 8000);
+    free(h, b, 8000);
+    // SAFETY: writing past `a`'s end, into `b`'s header and links, is the
+    // attack (the header is kept as it was).
+    unsafe {
+        let n = apex_core::fit::usable_size(a);
+        let links = a.add(n + 8) as *mut usize;
+        links.write(a as usize);
+        links.add(1).write(a as usize);
+    }
+    free(h, a, 8000);
+}
+
+/// Frees a pointer into the middle of a block: its "header" is payload.
+fn fit_interior_free(h: &'static KernelAlloc) {
+    let p = alloc(h, 5000);
+    // SAFETY: 5000 writable bytes.
+    unsafe { p.write_bytes(0x5a, 5000) };
+    free(h, p.wrapping_add(64), 4936);
 }

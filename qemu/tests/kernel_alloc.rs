@@ -1,6 +1,8 @@
-//! The core's per-CPU heaps (`KernelAlloc`) on physical memory from the
-//! buddy provider: a shadow-checked random run on the boot CPU, then every
-//! CPU allocating at once and freeing blocks other CPUs allocated.
+//! The per-CPU heaps (`KernelAlloc`) on physical memory from the buddy
+//! provider: a shadow-checked random run on the boot CPU, then every CPU
+//! allocating at once and freeing blocks other CPUs allocated, then pages
+//! going back to the buddy allocator; the default (every block from best
+//! fit) and again with small blocks in the slab heaps.
 //!
 //! Runs with 4 CPUs (`qemu_smp!(4)`) unless QEMU_SMP says otherwise.
 
@@ -13,6 +15,7 @@ use alloc::vec::Vec;
 use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use apex_bare_metal::kernel_alloc::SMALL_SLAB_LIMIT;
 use apex_bare_metal::percpu;
 use apex_bare_metal::KernelAlloc;
 use apex_core::Global;
@@ -26,6 +29,19 @@ qemu_smp!(4);
 
 static GLOBAL: Global = Global::new(&PROVIDER);
 static HEAPS: KernelAlloc = KernelAlloc::new(&GLOBAL, percpu::current_cpu_index);
+static SLAB_GLOBAL: Global = Global::new(&PROVIDER);
+static SLAB_HEAPS: KernelAlloc =
+    KernelAlloc::with_slab_limit(&SLAB_GLOBAL, percpu::current_cpu_index, SMALL_SLAB_LIMIT);
+/// Which of the two the tests use.
+static SLABS: AtomicBool = AtomicBool::new(false);
+
+fn heaps() -> &'static KernelAlloc {
+    if SLABS.load(Ordering::Relaxed) {
+        &SLAB_HEAPS
+    } else {
+        &HEAPS
+    }
+}
 
 const TESTS: &[Test] = &[
     ("random_run_on_one_cpu", random_run_on_one_cpu),
@@ -37,7 +53,26 @@ const TESTS: &[Test] = &[
         "memory_goes_back_to_the_buddy",
         memory_goes_back_to_the_buddy,
     ),
+    (
+        "random_run_with_small_blocks_in_slabs",
+        random_run_with_small_blocks_in_slabs,
+    ),
+    (
+        "memory_goes_back_with_small_blocks_in_slabs",
+        memory_goes_back_with_small_blocks_in_slabs,
+    ),
 ];
+
+fn random_run_with_small_blocks_in_slabs(info: &'static BootInfo) {
+    SLABS.store(true, Ordering::Relaxed);
+    random_run_on_one_cpu(info);
+    assert!(heaps().stats().segments > 0, "no slab segment was used");
+}
+
+fn memory_goes_back_with_small_blocks_in_slabs(info: &'static BootInfo) {
+    SLABS.store(true, Ordering::Relaxed);
+    memory_goes_back_to_the_buddy(info);
+}
 
 fn main(info: &'static BootInfo) -> ! {
     run_tests(info, TESTS)
@@ -68,7 +103,7 @@ fn random_block(rng: &mut XorShift, tag: u64) -> Block {
         8
     };
     // SAFETY: non-zero size, valid alignment.
-    let p = unsafe { HEAPS.alloc(layout(size, align)) };
+    let p = unsafe { heaps().alloc(layout(size, align)) };
     assert!(!p.is_null(), "out of memory for {size} bytes");
     assert_eq!(p as usize % align, 0, "alignment {align}");
     let b = Block {
@@ -106,8 +141,8 @@ fn check(b: Block) {
 
 fn free(b: Block) {
     check(b);
-    // SAFETY: a live block of HEAPS, freed once.
-    unsafe { HEAPS.dealloc(b.addr as *mut u8, layout(b.size, b.align)) };
+    // SAFETY: a live block of these heaps, freed once.
+    unsafe { heaps().dealloc(b.addr as *mut u8, layout(b.size, b.align)) };
 }
 
 fn assert_disjoint(blocks: &mut [Block]) {
@@ -144,8 +179,9 @@ fn random_run_on_one_cpu(_info: &'static BootInfo) {
                 check(b);
                 let new_size = 1 + rng.below(2 * b.size + 64);
                 // SAFETY: a live block; the new size is non-zero.
-                let p =
-                    unsafe { HEAPS.realloc(b.addr as *mut u8, layout(b.size, b.align), new_size) };
+                let p = unsafe {
+                    heaps().realloc(b.addr as *mut u8, layout(b.size, b.align), new_size)
+                };
                 assert!(!p.is_null());
                 let kept = b.size.min(new_size);
                 for off in offsets(kept).filter(|&o| o < kept && (o % 509 == 0 || o == b.size - 1))
@@ -170,7 +206,7 @@ fn random_run_on_one_cpu(_info: &'static BootInfo) {
     for b in live {
         free(b);
     }
-    let s = HEAPS.stats();
+    let s = heaps().stats();
     assert_eq!(s.mallocs, s.frees, "allocations and frees do not balance");
     assert_eq!(s.allocated, 0);
 }
@@ -227,7 +263,7 @@ fn all_cpus_with_cross_cpu_frees(_info: &'static BootInfo) {
     for b in all {
         free(b);
     }
-    let s = HEAPS.stats();
+    let s = heaps().stats();
     assert_eq!(s.mallocs, s.frees, "allocations and frees do not balance");
     assert_eq!(s.allocated, 0);
     assert!(s.remote_frees > 0, "no block was freed by another CPU");
@@ -243,7 +279,7 @@ fn memory_goes_back_to_the_buddy(_info: &'static BootInfo) {
     for b in blocks {
         free(b);
     }
-    HEAPS.release_now();
+    heaps().release_now();
     assert!(
         PROVIDER.free_bytes() >= before,
         "pages not returned: {} before, {} after",

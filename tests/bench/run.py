@@ -42,10 +42,15 @@ RUST_DIR = HERE / "rust-workload"
 REAL_DIR = HERE / "real"
 
 PRELOAD_ALLOCATORS = ["glibc", "jemalloc", "tcmalloc", "mimalloc", "apexalloc"]
-# ApexAlloc under another hardening preset (the same library, with
-# APEX_HARDEN set): not run by default; name them in --allocators to measure
-# what a preset costs (e.g. --allocators apexalloc-off,apexalloc,apexalloc-full).
-HARDEN_VARIANTS = {"apexalloc-off": "off", "apexalloc-full": "full"}
+# ApexAlloc under other options (the same library, with these variables
+# set): another hardening preset, or transparent huge pages on.  Not run by
+# default; name them in --allocators to measure what an option costs (e.g.
+# --allocators apexalloc-off,apexalloc,apexalloc-full or apexalloc,apexalloc-thp).
+APEX_VARIANTS = {
+    "apexalloc-off": {"APEX_HARDEN": "off"},
+    "apexalloc-full": {"APEX_HARDEN": "full"},
+    "apexalloc-thp": {"APEX_THP": "1"},
+}
 # Allocators Debian does not package, built from the crate registry's sources
 # by anchors/build.sh into --anchors-dir: opt-in, since building them takes
 # a minute and needs g++ with C++20 (name them in --allocators).  The -secure
@@ -59,7 +64,7 @@ ANCHOR_ALLOCATORS = {
 ANCHORS_BUILD = HERE / "anchors" / "build.sh"
 _APEX_AT = PRELOAD_ALLOCATORS.index("apexalloc")
 PRELOAD_ALLOCATORS_ALL = (PRELOAD_ALLOCATORS[:_APEX_AT] + list(ANCHOR_ALLOCATORS)
-                          + PRELOAD_ALLOCATORS[_APEX_AT:] + list(HARDEN_VARIANTS))
+                          + PRELOAD_ALLOCATORS[_APEX_AT:] + list(APEX_VARIANTS))
 RUST_ALLOCATORS = ["system", "mimalloc", "apexalloc"]
 
 # Debian package and file name of each preloadable allocator.
@@ -83,6 +88,7 @@ COLOURS = {
     "apexalloc": "#d62728",
     "apexalloc-off": "#ff9896",
     "apexalloc-full": "#8c1d1d",
+    "apexalloc-thp": "#e377c2",
 }
 
 # name -> (source file, extra compiler flags, description)
@@ -213,7 +219,7 @@ def spawn(ctx, argv, allocator, name, stdout, stderr, stdin=subprocess.DEVNULL,
     With the `measure` helper (the normal case) the preload is set by the
     helper for the program only and the helper records time, status and
     peak RSS in `<name>.measure`.  Returns (Popen, result file or None)."""
-    env = ctx.env_for(None if ctx.measure else allocator, extra_env)
+    env = ctx.env_for(allocator, extra_env, preload=not ctx.measure)
     result_file = None
     if ctx.measure:
         result_file = ctx.runs_dir / (name + ".measure")
@@ -221,6 +227,11 @@ def spawn(ctx, argv, allocator, name, stdout, stderr, stdin=subprocess.DEVNULL,
     proc = subprocess.Popen(argv, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
                             cwd=cwd, start_new_session=True)
     return proc, result_file
+
+
+# --cpu-time: report the measured program's CPU time (user + system, its
+# waited-for children included) instead of its wall time.
+CPU_TIME = False
 
 
 def finish(proc, result_file, timeout, t0):
@@ -231,7 +242,10 @@ def finish(proc, result_file, timeout, t0):
     rss = rusage.ru_maxrss  # KiB on Linux
     if result_file is not None and not timed_out:
         try:
-            kind, c, r, secs = result_file.read_text().split()
+            fields = result_file.read_text().split()
+            kind, c, r, secs = fields[:4]
+            if CPU_TIME and len(fields) > 4:
+                secs = fields[4]
             code = -int(c) if kind == "signal" else int(c)
             rss, seconds = int(r), float(secs)
         except (OSError, ValueError):
@@ -352,13 +366,15 @@ class Context:
         self.selected_allocators = args.allocators
         self.base_env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
 
-    def env_for(self, allocator, extra=None):
+    def env_for(self, allocator, extra=None, preload=True):
+        """The environment for a run under `allocator`: its preload (unless
+        the measure helper sets it) and a variant's APEX_* options."""
         env = dict(self.base_env)
-        lib = self.libs.get(allocator)
+        lib = self.libs.get(allocator) if preload else None
         if lib:
             env["LD_PRELOAD"] = lib
-        if allocator in HARDEN_VARIANTS:
-            env["APEX_HARDEN"] = HARDEN_VARIANTS[allocator]
+        if allocator in APEX_VARIANTS:
+            env.update(APEX_VARIANTS[allocator])
         if extra:
             env.update(extra)
         return env
@@ -877,7 +893,7 @@ def resolve_allocators(ctx, wanted, probe):
             ctx.libs[a] = None
             usable.append(a)
             continue
-        if a == "apexalloc" or a in HARDEN_VARIANTS:
+        if a == "apexalloc" or a in APEX_VARIANTS:
             lib = str(Path(ctx.args.apex_lib).resolve())
             if not os.path.exists(lib):
                 log("apexalloc: %s not found, skipping apexalloc "
@@ -972,6 +988,8 @@ def write_markdown(path, summary, descriptions, meta, criterion_rows, skipped):
     for what, why in skipped:
         out.append("- skipped %s: %s" % (what, why))
     out.append("")
+    if CPU_TIME:
+        out.append("Times are CPU times (user + system, --cpu-time), not wall times.")
     out.append("Times and peak RSS are medians over successful runs.  Ratios are "
                "relative to the best allocator for that workload (1.00 = best) and "
                "to mimalloc.")
@@ -1227,6 +1245,9 @@ def parse_args(argv):
     p.add_argument("--no-install", action="store_true",
                    help="never apt-get install missing packages")
     p.add_argument("--keep-temp", action="store_true", help="keep the temporary directory")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time = CPU time (user + system) instead of wall time, steadier on a "
+                        "loaded machine (not for redis, whose time is the client's)")
     args = p.parse_args(argv)
     args.runs = args.runs if args.runs is not None else (1 if args.smoke else 5)
     args.scale = args.scale if args.scale is not None else (SMOKE_SCALE if args.smoke else 1.0)
@@ -1243,7 +1264,9 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    global CPU_TIME
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    CPU_TIME = args.cpu_time
     started = time.monotonic()
     out_dir = Path(args.out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)

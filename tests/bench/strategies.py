@@ -71,7 +71,7 @@ def measure(helper, work, argv, env, stdin_path, timeout):
                          start_new_session=True)
     try:
         p.wait(timeout)
-        kind, code, rss, secs = result.read_text().split()
+        kind, code, rss, secs = result.read_text().split()[:4]
         status = "ok" if kind == "exit" and code == "0" else "%s %s" % (kind, code)
         secs, rss = float(secs), int(rss)
     except subprocess.TimeoutExpired:

@@ -266,7 +266,7 @@ fn bad_values_and_unknown_names_are_reported_once() {
         (
             "APEX_SHOW_STATS",
             "yes",
-            "apexalloc: ignoring APEX_SHOW_STATS=yes (expected 0 or 1); using 0",
+            "apexalloc: ignoring APEX_SHOW_STATS=yes (expected 0, 1 or json); using 0",
         ),
         ("APEX_FOO", "1", "apexalloc: unknown option APEX_FOO"),
         (

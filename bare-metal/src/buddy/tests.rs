@@ -513,3 +513,26 @@ fn reservations_above_the_largest_block_are_runs() {
     b.verify().unwrap();
     assert!(b.alloc_len(100 * MIB, 4 * MIB).is_some(), "whole again");
 }
+
+#[test]
+fn trimmed_reservations_fall_back_to_runs_of_smaller_blocks() {
+    // 32 MiB: the metadata pages at the end break the upper 16 MiB, so no
+    // 32 MiB block exists, yet 24 MiB of free blocks lie side by side.
+    let mem = HostMem::new(32 * MIB, 32 * MIB);
+    let mut b = Buddy::new();
+    // SAFETY: the range lies in `mem`.
+    unsafe { b.add_region(mem.base, 32 * MIB) }.unwrap();
+    let before = b.free_bytes();
+    let a = b
+        .alloc_len(24 * MIB, PAGE_SIZE)
+        .expect("a run of smaller blocks");
+    assert!(b.is_allocated_len(a, 24 * MIB));
+    assert_eq!(before - b.free_bytes(), 24 * MIB);
+    b.verify().unwrap();
+    // SAFETY: reserved with this length, freed once.
+    unsafe { b.free_len(a, 24 * MIB) };
+    assert_eq!(b.free_bytes(), before);
+    b.verify().unwrap();
+    // A power of two is one block or nothing (its release expects one).
+    assert!(b.alloc_len(32 * MIB, PAGE_SIZE).is_none());
+}

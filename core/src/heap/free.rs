@@ -16,6 +16,16 @@ use crate::stats::bump;
 
 use super::*;
 
+/// Where the free fast path left a block.
+enum FreeStep {
+    /// Freed.
+    Done,
+    /// A block of a segment this heap does not own.
+    Other(*mut Segment),
+    /// Anything else: for the out-of-line paths.
+    Slow,
+}
+
 impl Heap {
     /// Frees a block from any heap. Foreign pointers (not from this
     /// allocator) are ignored; detected misuse ends the process.
@@ -55,10 +65,42 @@ impl Heap {
     /// placeholder.
     #[inline(always)]
     pub unsafe fn try_free_fast_raw(this: *mut Heap, p: *mut u8) -> bool {
+        // SAFETY: forwarded from the caller.
+        matches!(unsafe { Heap::free_step(this, p) }, FreeStep::Done)
+    }
+
+    /// A whole free through a pointer as for [`Heap::try_free_fast_raw`]:
+    /// the fast path inline, another heap's queued-slab block pushed to it
+    /// out of line, and everything else handed to the frontend's `slow`
+    /// path, each as a tail call (so the inline part keeps no stack
+    /// frame).
+    ///
+    /// # Safety
+    /// As [`Heap::try_free_fast_raw`]; `slow` must complete any free the
+    /// fast path leaves (typically [`Heap::free_not_fast`] on the thread's
+    /// heap).
+    #[inline(always)]
+    pub unsafe fn free_raw_or(this: *mut Heap, p: *mut u8, slow: unsafe fn(*mut u8)) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match Heap::free_step(this, p) {
+                FreeStep::Done => {}
+                FreeStep::Other(seg) => Heap::free_other_or(this, seg, p, slow),
+                FreeStep::Slow => slow(p),
+            }
+        }
+    }
+
+    /// The free fast path, stopping where it leaves the block.
+    ///
+    /// # Safety
+    /// As [`Heap::try_free_fast_raw`].
+    #[inline(always)]
+    unsafe fn free_step(this: *mut Heap, p: *mut u8) -> FreeStep {
         let addr = p as usize;
         let seg_base = segment_base_of(addr);
         if !segment_map::contains(seg_base) {
-            return false;
+            return FreeStep::Slow;
         }
         // SAFETY: the segment map says a live segment header is there.
         unsafe {
@@ -67,9 +109,10 @@ impl Heap {
             // first slice of a queued slab of our own segment (one tag
             // compare). Everything else takes the fully validating slow path,
             // as does every free of a heap with slow paths (its
-            // `fast_owner` is no segment's).
+            // `fast_owner` is no segment's). Another heap's block goes to
+            // the remote path from here, without a second lookup.
             if (*seg).owner() != (*this).fast_owner {
-                return false;
+                return FreeStep::Other(seg);
             }
             // The slice index, wrapped to the segment: the one pointer that
             // `segment_base_of` maps to this segment from outside it (its
@@ -77,7 +120,7 @@ impl Heap {
             let idx = (addr >> SLICE_SHIFT) & (SLICES_PER_SEGMENT - 1);
             let d: *mut Span = (*seg).slices.as_mut_ptr().add(idx);
             if (*d).tag() != TAG_QUEUED_SLAB {
-                return false;
+                return FreeStep::Slow;
             }
             let b = p as *mut Block;
             // From here on `this` owns the segment: a real heap.
@@ -90,23 +133,23 @@ impl Heap {
                 // Bits are per 16-byte granule: a pointer into the first
                 // granule of a block must not pass for the block.
                 if !addr.is_multiple_of(MIN_ALIGN) || !(*seg).live.clear(addr) {
-                    return false;
+                    return FreeStep::Slow;
                 }
             } else {
                 if !(*d).is_carved_block(addr) {
-                    return false;
+                    return FreeStep::Slow;
                 }
                 if !heap.check_own_free(seg, d, b) {
                     // Freed out of line (a suspected double free that was
                     // not one).
-                    return true;
+                    return FreeStep::Done;
                 }
             }
             (*d).push_local(b);
             if (*d).used == 0 {
                 heap.after_local_free(d);
             }
-            true
+            FreeStep::Done
         }
     }
 
@@ -139,6 +182,62 @@ impl Heap {
         }
     }
 
+    /// A block of a segment the freeing heap does not own (or any block,
+    /// for a heap with slow paths): pushed to its owner when it is in the
+    /// first slice of a queued slab (the producer-consumer case), after the
+    /// fast path's checks; everything else goes to `slow`. Out of line, so
+    /// the inline free path stays short.
+    ///
+    /// # Safety
+    /// As [`Heap::free_raw_or`]; `seg` is the live segment holding `p`.
+    #[inline(never)]
+    unsafe fn free_other_or(
+        this: *mut Heap,
+        seg: *mut Segment,
+        p: *mut u8,
+        slow: unsafe fn(*mut u8),
+    ) {
+        // SAFETY: the caller's contract; a heap without fast paths (slow
+        // presets, `disable_fast_paths`, the placeholder) is only read: its
+        // frontend must see every free.
+        unsafe {
+            if (*this).fast_owner != NO_SEGMENT_OWNER && (*this).free_remote_queued(seg, p as usize)
+            {
+                return;
+            }
+            slow(p)
+        }
+    }
+
+    /// The remote part of [`Heap::free_other_raw`] and
+    /// [`Heap::free_not_fast`]: another heap's block in the first slice of
+    /// one of its queued slabs is pushed to it; false for anything else.
+    /// The slab's state is read without its owner's synchronisation, so it
+    /// only picks the path; the push follows the remote-free protocol.
+    ///
+    /// # Safety
+    /// `seg` is a live segment holding `addr`, not owned by this heap,
+    /// which has no slow paths.
+    #[inline(always)]
+    unsafe fn free_remote_queued(&mut self, seg: *mut Segment, addr: usize) -> bool {
+        // SAFETY: the caller's contract; the descriptor is found as on the
+        // fast path.
+        unsafe {
+            if (*seg).owner() == self.id() {
+                return false;
+            }
+            let idx = (addr >> SLICE_SHIFT) & (SLICES_PER_SEGMENT - 1);
+            let d: *mut Span = (*seg).slices.as_mut_ptr().add(idx);
+            if (*d).tag() != TAG_QUEUED_SLAB || !(*d).is_carved_block(addr) {
+                return false;
+            }
+            // A remote free is counted by the heap that makes it.
+            self.stats.add_class_frees((*d).class as usize, 1);
+            self.free_remote(seg, d, addr as *mut Block);
+            true
+        }
+    }
+
     /// Everything `try_free_fast` leaves: null and foreign pointers, other
     /// heaps' blocks, large and huge blocks, full pages, misuse.
     ///
@@ -163,20 +262,12 @@ impl Heap {
         // the fast path.
         unsafe {
             // Another heap's block in the first slice of one of its slabs
-            // (the producer-consumer case): the same checks as the own fast
-            // path, then the remote push. The slab's state is read without
-            // its owner's synchronisation, so it only picks the path; the
-            // push itself follows the remote-free protocol. Our own blocks
-            // are here because something was wrong with them, and take the
-            // fully validating path for an exact report.
-            if !self.slow_paths && (*seg).owner() != self.id() {
-                let idx = (addr >> SLICE_SHIFT) & (SLICES_PER_SEGMENT - 1);
-                let d: *mut Span = (*seg).slices.as_mut_ptr().add(idx);
-                if (*d).tag() == TAG_QUEUED_SLAB && (*d).is_carved_block(addr) {
-                    // A remote free is counted by the heap that makes it.
-                    self.stats.add_class_frees((*d).class as usize, 1);
-                    return self.free_remote(seg, d, addr as *mut Block);
-                }
+            // (from a frontend that did not run the fast path): pushed after
+            // the fast path's checks. Our own blocks are here because
+            // something was wrong with them, and take the fully validating
+            // path for an exact report.
+            if !self.slow_paths && self.free_remote_queued(seg, addr) {
+                return;
             }
             self.free_slow(seg, addr)
         }

@@ -7,7 +7,7 @@
 
 #![cfg_attr(not(test), no_std)]
 
-use core::ffi::{c_int, c_void};
+use core::ffi::{c_char, c_int, c_void};
 use core::ptr;
 
 use hosted as apex;
@@ -184,6 +184,57 @@ pub unsafe extern "C" fn malloc_trim(_pad: usize) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn apex_stats_print() {
     apex::print_stats();
+}
+
+/// Control and statistics by name, like jemalloc's `mallctl` (the names
+/// and rules are in `apexalloc.h`). Returns 0 or an error number.
+///
+/// # Safety
+/// Any pointer may be NULL or bad: bad ones give `EFAULT`.
+#[no_mangle]
+pub unsafe extern "C" fn apex_ctl(
+    name: *const c_char,
+    oldp: *mut c_void,
+    oldlenp: *mut usize,
+    newp: *mut c_void,
+    newlen: usize,
+) -> c_int {
+    // SAFETY: forwarded; `apex_ctl` checks every pointer itself.
+    unsafe { apex::ctl::apex_ctl(name, oldp, oldlenp, newp, newlen) }
+}
+
+/// The calling thread's counts into `*out` (nothing is written when `out`
+/// is NULL or not writable).
+///
+/// # Safety
+/// Always safe; unsafe only for the C ABI.
+#[no_mangle]
+pub unsafe extern "C" fn apex_thread_stats(out: *mut apex::ctl::CThreadStats) {
+    apex::ctl::apex_thread_stats(out);
+}
+
+/// The allocator's totals into `*out` (nothing is written when `out` is
+/// NULL or not writable).
+///
+/// # Safety
+/// Always safe; unsafe only for the C ABI.
+#[no_mangle]
+pub unsafe extern "C" fn apex_global_stats(out: *mut apex::ctl::CGlobalStats) {
+    apex::ctl::apex_global_stats(out);
+}
+
+/// Calls `visitor` for every segment and span of the heap (NULL: does
+/// nothing).
+///
+/// # Safety
+/// `visitor` is NULL or a function of the `apex_heap_visitor_t` type.
+#[no_mangle]
+pub unsafe extern "C" fn apex_heap_walk(
+    visitor: Option<apex::ctl::CVisitor>,
+    userdata: *mut c_void,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { apex::ctl::apex_heap_walk(visitor, userdata) }
 }
 
 /// glibc's `struct mallinfo2`.

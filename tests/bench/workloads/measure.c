@@ -1,5 +1,5 @@
 /*
- * measure: run a command and report its wall time, exit status and peak
+ * measure: run a command and report its wall and CPU time, exit status and peak
  * RSS.  Used by the runner instead of measuring from Python directly:
  * a process forked from a large parent inherits the parent's RSS
  * high-water mark across exec, which would put a floor under every
@@ -8,7 +8,9 @@
  *   measure RESULT_FILE PRELOAD -- PROGRAM [ARGS...]
  *
  * PRELOAD is set as LD_PRELOAD for PROGRAM only ("" for none).  On exit
- * RESULT_FILE holds one line:  <exit|signal> <code> <maxrss KiB> <seconds>
+ * RESULT_FILE holds one line:
+ *   <exit|signal> <code> <maxrss KiB> <wall seconds> <CPU seconds>
+ * (CPU: user + system time of PROGRAM and the children it waited for)
  * and measure exits with PROGRAM's status (128 + signal if it was killed).
  */
 #define _GNU_SOURCE
@@ -58,7 +60,10 @@ int main(int argc, char **argv) {
         perror("measure: result file");
         return 2;
     }
-    fprintf(f, "%s %d %ld %.6f\n", signaled ? "signal" : "exit", code, ru.ru_maxrss, secs);
+    double cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                 (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
+    fprintf(f, "%s %d %ld %.6f %.6f\n", signaled ? "signal" : "exit", code, ru.ru_maxrss, secs,
+            cpu);
     fclose(f);
     return signaled ? 128 + code : code;
 }

@@ -2,11 +2,12 @@
 //!
 //! The anchors (talc, rlsf, dlmalloc, buddy_system_allocator,
 //! linked_list_allocator) are single-threaded heaps; each sits behind the
-//! same `spin::Mutex`, as a kernel would install it. ApexAlloc comes twice:
-//! `KernelAlloc` exactly as a kernel installs it (its own per-CPU locking,
-//! over a `BuddyProvider` that owns the arena), and its core heaps without
-//! `KernelAlloc`'s layer (one heap per benchmark thread, no lock), which
-//! bounds what the kernel layer costs.
+//! same `spin::Mutex`, as a kernel would install it. ApexAlloc comes three
+//! times: `KernelAlloc` exactly as a kernel installs it (its own per-CPU
+//! locking, over a `BuddyProvider` that owns the arena; every block from
+//! best fit), the same with small blocks in the core's slab heaps
+//! (`SMALL_SLAB_LIMIT`), and the core heaps alone without `KernelAlloc`'s
+//! layer (one heap per benchmark thread, no lock).
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::{Cell, UnsafeCell};
@@ -58,6 +59,10 @@ pub const ALL: &[Named] = &[
     Named {
         name: "apex KernelAlloc",
         build: apex_kernel,
+    },
+    Named {
+        name: "apex KernelAlloc, slabs ≤ 512 B",
+        build: apex_kernel_slabs,
     },
     Named {
         name: "apex core heap",
@@ -322,8 +327,66 @@ fn apex_global(arena: Arena) -> &'static Global {
     Box::leak(Box::new(Global::new(provider)))
 }
 
+/// `KernelAlloc` over the arena, torn down when the trial drops it: the
+/// next trial builds a new instance over the same memory, where none of
+/// this one's segments may still be registered.
+struct ApexKernel {
+    heaps: &'static KernelAlloc,
+    arena: Arena,
+}
+
 fn apex_kernel(arena: Arena) -> Box<dyn GlobalAlloc + Sync> {
-    Box::new(KernelAlloc::new(apex_global(arena), cpu_index))
+    apex_kernel_with(arena, apex_bare_metal::kernel_alloc::SLAB_LIMIT)
+}
+
+fn apex_kernel_slabs(arena: Arena) -> Box<dyn GlobalAlloc + Sync> {
+    apex_kernel_with(arena, apex_bare_metal::kernel_alloc::SMALL_SLAB_LIMIT)
+}
+
+fn apex_kernel_with(arena: Arena, slab_limit: usize) -> Box<dyn GlobalAlloc + Sync> {
+    let heaps = KernelAlloc::with_slab_limit(apex_global(arena), cpu_index, slab_limit);
+    Box::new(ApexKernel {
+        heaps: Box::leak(Box::new(heaps)),
+        arena,
+    })
+}
+
+/// Checks that no segment of a torn-down instance is still registered
+/// over the arena (the next instance's frees would misread it).
+fn assert_no_segments(arena: Arena) {
+    let seg = apex_core::layout::SEGMENT_SIZE;
+    for off in (0..arena.len).step_by(seg) {
+        let p = arena.base.wrapping_add(off + 64);
+        assert!(!apex_core::owns(p), "a segment survived its instance");
+    }
+}
+
+impl Drop for ApexKernel {
+    fn drop(&mut self) {
+        // SAFETY: the shapes free every block before the trial ends, and
+        // the trial's threads have finished.
+        unsafe { self.heaps.tear_down() };
+        assert_no_segments(self.arena);
+    }
+}
+
+// SAFETY: forwarded to `KernelAlloc`.
+unsafe impl GlobalAlloc for ApexKernel {
+    #[inline]
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: forwarded.
+        unsafe { self.heaps.alloc(l) }
+    }
+    #[inline]
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: forwarded.
+        unsafe { self.heaps.dealloc(p, l) }
+    }
+    #[inline]
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded.
+        unsafe { self.heaps.realloc(p, l, new_size) }
+    }
 }
 
 /// One core heap per benchmark thread, reached without a lock: each thread
@@ -331,6 +394,7 @@ fn apex_kernel(arena: Arena) -> Box<dyn GlobalAlloc + Sync> {
 struct CoreHeaps {
     global: &'static Global,
     heaps: [UnsafeCell<Option<NonNull<Heap>>>; MAX_THREADS],
+    arena: Arena,
 }
 
 // SAFETY: slot `i` is used only by the thread whose CPU index is `i`.
@@ -356,7 +420,26 @@ fn apex_core_heaps(arena: Arena) -> Box<dyn GlobalAlloc + Sync> {
     Box::new(CoreHeaps {
         global: apex_global(arena),
         heaps: [const { UnsafeCell::new(None) }; MAX_THREADS],
+        arena,
     })
+}
+
+impl Drop for CoreHeaps {
+    fn drop(&mut self) {
+        for slot in &mut self.heaps {
+            if let Some(h) = slot.get_mut().take() {
+                // SAFETY: the shapes freed every block; the trial's
+                // threads have finished, so nothing uses the heap.
+                unsafe {
+                    (*h.as_ptr()).release_now();
+                    Heap::destroy(h);
+                }
+            }
+        }
+        self.global.purge_abandoned(0, 0, true);
+        self.global.purge_cache(0, true);
+        assert_no_segments(self.arena);
+    }
 }
 
 // SAFETY: the core's contract; each heap used by one thread.

@@ -9,12 +9,15 @@
 //! Markdown report to stdout (and `PREFIX.md`), CSV rows to `PREFIX.csv`
 //! and a chart to `PREFIX.svg`.
 
+extern crate alloc;
+
 mod allocators;
 mod chart;
 mod index_cost;
 mod results;
 mod rng;
 mod shapes;
+mod workload;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
@@ -160,9 +163,12 @@ fn main() {
     let selected: Vec<&Named> = ALL
         .iter()
         .filter(|n| {
-            o.only
-                .as_ref()
-                .is_none_or(|only| only.iter().any(|x| n.name.contains(x.as_str())))
+            // A filter naming an allocator exactly selects it alone, any
+            // other selects every name containing it.
+            let matches = |x: &String| {
+                n.name == x || (!ALL.iter().any(|m| m.name == x) && n.name.contains(x.as_str()))
+            };
+            o.only.as_ref().is_none_or(|only| only.iter().any(matches))
         })
         .collect();
     assert!(!selected.is_empty(), "--only matched no allocator");
@@ -191,13 +197,14 @@ fn main() {
                     for (ai, n) in selected.iter().enumerate() {
                         let seed = (trial * 100 + si) as u64;
                         let r = run_actions(n, arena, threads, max, seed, o.ms);
+                        let rate = shapes::rate(&r);
                         eprintln!(
                             "{threads} thr, trial {trial}, max {max:>5}: {:<24} {:>7.2} M/CPU-s, {} failed",
                             n.name,
-                            r.rate() / 1e6,
+                            rate / 1e6,
                             r.failed
                         );
-                        rates[ai][si].push(r.rate());
+                        rates[ai][si].push(rate);
                         moved[ai][si].push(r.moved as f64 / r.reallocs.max(1) as f64 * 100.0);
                     }
                 }
