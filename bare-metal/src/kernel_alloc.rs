@@ -4,22 +4,24 @@
 //! Each CPU allocates from its own heaps, so CPUs never contend on the
 //! fast paths:
 //!
-//! - blocks up to the *slab limit* ([`SLAB_LIMIT`] bytes and alignment by
-//!   default, see [`KernelAlloc::with_slab_limit`]) come from the CPU's
-//!   core heap, slabs of equal blocks in 4 MiB segments; a block freed on
-//!   another CPU goes back through the core's lock-free remote-free lists;
-//! - larger blocks come from the CPU's best-fit instance (see
-//!   [`crate::fit_heap`]), cut to their size from chunks of pages; a block
-//!   freed on another CPU goes onto its owner's lock-free stack. When a
-//!   slab heap has no room left (no 4 MiB-aligned memory for a segment),
-//!   its small blocks come from the best-fit instance too.
+//! - blocks above the *slab limit* (every block by default, see
+//!   [`KernelAlloc::with_slab_limit`]) come from the CPU's best-fit
+//!   instance (see [`crate::fit_heap`]), cut to their size from chunks of
+//!   pages; a block freed on another CPU goes onto its owner's lock-free
+//!   stack;
+//! - blocks up to the slab limit come from the CPU's core heap, slabs of
+//!   equal blocks in 4 MiB segments; a block freed on another CPU goes
+//!   back through the core's lock-free remote-free lists. When a slab heap
+//!   has no room left (no 4 MiB-aligned memory for a segment), its small
+//!   blocks come from the best-fit instance too.
 //!
 //! A free tells the two apart without a lookup for big layouts (only the
 //! best-fit instances hold blocks above the slab limit); a small layout's
-//! block is the core's exactly when it lies in one of the core's segments
-//! ([`apex_core::owns`]). So a `Global` behind a `KernelAlloc` must serve
-//! nothing else: the core's huge blocks (which `KernelAlloc` never asks
-//! for) do not cover their segment's whole address range.
+//! block is the core's exactly when the core knows it: it lies in one of
+//! the core's segments ([`apex_core::owns`]) and is a block there
+//! ([`apex_core::usable_size`], which also tells a best-fit block in the
+//! unused tail of a huge block's segment from the huge block). So a
+//! `Global` behind a `KernelAlloc` must serve nothing else.
 //!
 //! A CPU's heaps are guarded by a re-entrancy flag that only its own CPU
 //! reads and writes, with plain loads and stores (no locked instruction,
@@ -68,6 +70,12 @@ pub const SLAB_LIMIT: usize = 0;
 /// their small blocks, at some memory (each CPU's heap takes a 4 MiB
 /// segment and a slab per size class in use).
 pub const SMALL_SLAB_LIMIT: usize = 512;
+
+/// A slab limit that sends every block to the slab heaps and none to best
+/// fit: the fastest single-CPU configuration on small and mid-sized blocks,
+/// at the memory cost of slabs (size-class rounding, partly used slabs,
+/// 4 MiB segments).
+pub const SLABS_ONLY: usize = usize::MAX;
 
 /// Allocations and frees a slot made through best fit, counted by its
 /// owner with plain loads and stores (read by [`KernelAlloc::stats`]).
@@ -198,8 +206,9 @@ impl KernelAlloc {
     /// core's largest size class): blocks up to `limit` bytes and alignment
     /// go to the slab heaps, larger ones to best fit.
     /// [`SMALL_SLAB_LIMIT`] gives small blocks the slab heaps' checks for
-    /// a few MiB per CPU; 0 (the default) sends every block to best fit,
-    /// which takes the least memory.
+    /// a few MiB per CPU; [`SLABS_ONLY`] sends every block there; 0 (the
+    /// default) sends every block to best fit, which takes the least
+    /// memory.
     pub const fn with_slab_limit(
         global: &'static Global,
         cpu_index: fn() -> Option<usize>,
@@ -457,7 +466,8 @@ impl KernelAlloc {
     #[cold]
     #[inline(never)]
     unsafe fn free_small_slow(&self, s: &mut Slot<'_>, p: *mut u8) {
-        if apex_core::owns(p) {
+        // SAFETY: `p` is a live block of ours (the caller's contract).
+        if unsafe { core_block(p) } {
             if let Some(h) = self.heap_of(s.local) {
                 // SAFETY: a live block of the core's, freed once.
                 irq::masked(|| unsafe { h.free(p) });
@@ -555,11 +565,23 @@ impl KernelAlloc {
     }
 }
 
+/// Whether the live block `p` of this allocator is the core's (a slab or
+/// huge block) rather than a best-fit block: it lies in a core segment,
+/// and the core finds a block starting there.
+///
+/// # Safety
+/// `p` is a live block of this allocator.
+unsafe fn core_block(p: *mut u8) -> bool {
+    // SAFETY: `usable_size` accepts any live block (a best-fit block is
+    // foreign to the core: 0).
+    apex_core::owns(p) && unsafe { apex_core::usable_size(p) } != 0
+}
+
 // SAFETY: blocks come from the core's heaps or a fit instance, which hand
 // out distinct blocks of at least the requested size and alignment; each
 // is freed once by the allocator that owns it (big layouts are always best
-// fit's; a small layout's block is the core's exactly when it lies in a
-// core segment); `realloc` keeps the contents up to the smaller size.
+// fit's; a small layout's block is the core's exactly when `core_block`
+// says so); `realloc` keeps the contents up to the smaller size.
 //
 // Only the lock-free paths run with interrupts enabled: the core's fast
 // paths, a CPU's own best-fit instance, remote-free pushes. Everything that
@@ -591,7 +613,8 @@ unsafe impl GlobalAlloc for KernelAlloc {
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let align = layout.align();
         let keep = layout.size().min(new_size);
-        let core_block = self.is_small(layout.size(), align) && apex_core::owns(p);
+        // SAFETY: `p` is a live block of ours (the caller's contract).
+        let core_block = self.is_small(layout.size(), align) && unsafe { core_block(p) };
         if core_block {
             if self.is_small(new_size, align) {
                 let q = self.with_local(|s| match self.heap_of(s.local) {
@@ -1004,5 +1027,49 @@ mod tests {
             // SAFETY: live blocks, freed once with their layouts.
             unsafe { heaps.dealloc(p, l) };
         }
+    }
+
+    #[test]
+    fn best_fit_blocks_beside_a_huge_block_are_not_taken_for_the_cores() {
+        fn fatal(msg: &str) -> ! {
+            std::panic!("fatal: {msg}");
+        }
+        // Everything in the slab heaps: a block of three quarters of a
+        // segment is a huge block whose reservation ends mid-segment; when
+        // the slab heaps run out, best-fit chunks fill what is left, that
+        // tail included.
+        let seg = apex_core::layout::SEGMENT_SIZE;
+        let (provider, heaps) = instance_with(4 * seg, on_cpu_zero, SLABS_ONLY);
+        provider.set_fatal_handler(fatal);
+        let big = Layout::from_size_align(apex_core::layout::LARGE_MAX + seg / 4, 16).unwrap();
+        // SAFETY: a non-zero size.
+        let huge = unsafe { heaps.alloc(big) };
+        assert!(apex_core::owns(huge));
+        let l = Layout::from_size_align(3000, 16).unwrap();
+        let mut live = Vec::new();
+        loop {
+            // SAFETY: a non-zero size.
+            let p = unsafe { heaps.alloc(l) };
+            if p.is_null() {
+                break;
+            }
+            live.push(p);
+        }
+        assert!(heaps.fit_chunk_bytes() > 0, "best fit took the rest");
+        // Best-fit blocks in the huge block's segment-sized window: the
+        // segment map names the huge block's segment for them.
+        let beside = live
+            .iter()
+            .filter(|&&p| (p as usize - 1) / seg == (huge as usize - 1) / seg)
+            .count();
+        assert!(beside > 0, "no best-fit block beside the huge block");
+        for p in live {
+            // SAFETY: live blocks, freed once with their (small) layout.
+            unsafe { heaps.dealloc(p, l) };
+        }
+        // SAFETY: as above.
+        unsafe { heaps.dealloc(huge, big) };
+        heaps.release_now();
+        assert_eq!(heaps.fit_chunk_bytes(), 0);
     }
 }

@@ -4,7 +4,7 @@
 //! memory on a failed reservation, CPU 1 got none: the freed segments sat
 //! in CPU 0's heap and in the segment cache, away from the buddy.
 //!
-//! Runs with 2 CPUs.
+//! Runs with 2 CPUs; CPU 1 must get at least 95% as many blocks.
 
 #![no_std]
 #![no_main]
@@ -104,8 +104,10 @@ fn memory_freed_on_one_cpu_serves_another(_info: &'static BootInfo) {
         arena / 1024,
         second
     );
+    // 95%: what CPU 0's heaps may keep is one empty best-fit chunk
+    // (1 MiB) and its quick lists (64 KiB).
     assert!(
-        second * 10 >= first * 9,
+        second * 100 >= first * 95,
         "CPU 1 got {second} blocks after CPU 0 freed {first}"
     );
     PROVIDER.lock().verify().unwrap();

@@ -102,8 +102,10 @@ fn global_allocator_hands_over_to_kernel_alloc(_info: &'static BootInfo) {
 /// Timer interrupts whose handler allocated.
 static HANDLED: AtomicUsize = AtomicUsize::new(0);
 
-/// Huge blocks (above half a 4 MiB segment) go to the page provider each
-/// time, through the core's shared state and the buddy allocator's lock.
+/// Huge blocks (above a best-fit chunk) need a chunk of their own from the
+/// page provider, under the buddy allocator's lock, whenever the one empty
+/// chunk a heap keeps is taken (by the interrupted code's huge block, or
+/// the handler's on the shared heaps).
 const HUGE: usize = 3 << 20;
 
 /// The timer handler: allocates and checks a few blocks through the global

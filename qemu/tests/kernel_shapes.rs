@@ -50,8 +50,10 @@ fn main(info: &'static BootInfo) -> ! {
 
 /// The arena every allocator manages in turn.
 const ARENA_LEN: usize = 32 << 20;
-/// Actions per random-actions cell (in batches of 100).
+/// Actions per random-actions cell (in batches of 100), after an untimed
+/// warm-up of `WARM_UP`.
 const ACTIONS: usize = 20_000;
+const WARM_UP: usize = 5_000;
 const SIZES: [usize; 5] = [200, 1000, 3000, 10000, 30000];
 
 #[derive(Clone, Copy)]
@@ -312,6 +314,13 @@ fn random_actions(_info: &'static BootInfo) {
         let mut row: Vec<(f64, u64)> = Vec::new();
         for (si, &max) in SIZES.iter().enumerate() {
             let a = build(arena());
+            // Untimed first: QEMU translates code on its first run, which
+            // would otherwise be timed as the allocator's.
+            let mut warm = 0;
+            workload::random_actions(&*a, max, si as u64 + 1, || {
+                warm += 1;
+                warm <= WARM_UP / 100
+            });
             let mut batches = 0;
             let t0 = rdtsc();
             let r = workload::random_actions(&*a, max, si as u64 + 1, || {

@@ -2,12 +2,13 @@
 //!
 //! The anchors (talc, rlsf, dlmalloc, buddy_system_allocator,
 //! linked_list_allocator) are single-threaded heaps; each sits behind the
-//! same `spin::Mutex`, as a kernel would install it. ApexAlloc comes three
+//! same `spin::Mutex`, as a kernel would install it. ApexAlloc comes four
 //! times: `KernelAlloc` exactly as a kernel installs it (its own per-CPU
 //! locking, over a `BuddyProvider` that owns the arena; every block from
 //! best fit), the same with small blocks in the core's slab heaps
-//! (`SMALL_SLAB_LIMIT`), and the core heaps alone without `KernelAlloc`'s
-//! layer (one heap per benchmark thread, no lock).
+//! (`SMALL_SLAB_LIMIT`) and with every block there (`SLABS_ONLY`), and
+//! the core heaps alone without `KernelAlloc`'s layer (one heap per
+//! benchmark thread, no lock).
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::{Cell, UnsafeCell};
@@ -63,6 +64,10 @@ pub const ALL: &[Named] = &[
     Named {
         name: "apex KernelAlloc, slabs ≤ 512 B",
         build: apex_kernel_slabs,
+    },
+    Named {
+        name: "apex KernelAlloc, slabs only",
+        build: apex_kernel_slabs_only,
     },
     Named {
         name: "apex core heap",
@@ -341,6 +346,10 @@ fn apex_kernel(arena: Arena) -> Box<dyn GlobalAlloc + Sync> {
 
 fn apex_kernel_slabs(arena: Arena) -> Box<dyn GlobalAlloc + Sync> {
     apex_kernel_with(arena, apex_bare_metal::kernel_alloc::SMALL_SLAB_LIMIT)
+}
+
+fn apex_kernel_slabs_only(arena: Arena) -> Box<dyn GlobalAlloc + Sync> {
+    apex_kernel_with(arena, apex_bare_metal::kernel_alloc::SLABS_ONLY)
 }
 
 fn apex_kernel_with(arena: Arena, slab_limit: usize) -> Box<dyn GlobalAlloc + Sync> {

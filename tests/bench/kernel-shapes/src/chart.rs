@@ -8,8 +8,9 @@ use crate::results::{Memory, Speed};
 /// One bar group per max size (single thread, ratio to talc) and one group
 /// of heap-efficiency bars.
 pub fn svg(names: &[&str], sizes: &[usize], speed: &[Speed], memory: &[Memory]) -> String {
-    const COLORS: [&str; 8] = [
+    const COLORS: [&str; 10] = [
         "#4c78a8", "#f58518", "#54a24b", "#b279a2", "#9d755d", "#e45756", "#72b7b2", "#eeca3b",
+        "#ff9da6", "#79706e",
     ];
     let (w, h, top, left, plot_h) = (900.0, 420.0, 40.0, 50.0, 280.0);
     let mut s = String::new();
@@ -38,7 +39,7 @@ pub fn svg(names: &[&str], sizes: &[usize], speed: &[Speed], memory: &[Memory]) 
                     r#"<rect x="{}" y="{}" width="{bar}" height="{bh}" fill="{}"/>"#,
                     x0 + ai as f64 * bar,
                     top + plot_h - bh,
-                    COLORS[ai % 8]
+                    COLORS[ai % COLORS.len()]
                 )
                 .unwrap();
             }
@@ -72,7 +73,7 @@ pub fn svg(names: &[&str], sizes: &[usize], speed: &[Speed], memory: &[Memory]) 
             r#"<rect x="{}" y="{}" width="12" height="{bh}" fill="{}"/>"#,
             right + ai as f64 * 16.0,
             top + plot_h - bh,
-            COLORS[c % 8]
+            COLORS[c % COLORS.len()]
         )
         .unwrap();
     }
@@ -80,7 +81,7 @@ pub fn svg(names: &[&str], sizes: &[usize], speed: &[Speed], memory: &[Memory]) 
     for (ai, name) in names.iter().enumerate() {
         let x = left + (ai % 4) as f64 * 200.0;
         let y = top + plot_h + 40.0 + (ai / 4) as f64 * 18.0;
-        writeln!(s, r#"<rect x="{x}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{}">{name}</text>"#, y - 9.0, COLORS[ai % 8], x + 14.0, y).unwrap();
+        writeln!(s, r#"<rect x="{x}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{}">{name}</text>"#, y - 9.0, COLORS[ai % COLORS.len()], x + 14.0, y).unwrap();
     }
     s.push_str("</svg>\n");
     s
