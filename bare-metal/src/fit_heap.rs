@@ -2,7 +2,7 @@
 //! ([`apex_core::fit::Fit`]) per CPU, over chunks of pages from the page
 //! provider.
 //!
-//! [`KernelAlloc`](crate::KernelAlloc) sends a request here when it is
+//! [`KernelAlloc`] sends a request here when it is
 //! above its slab limit (or when the CPU's slab heap has no room left). A
 //! block is cut to its request (16-byte granules plus an 8-byte header)
 //! from a chunk, and freed neighbours merge, so big blocks waste almost
