@@ -77,15 +77,6 @@ impl HeapStats {
         }
     }
 
-    /// Takes back `n` blocks of class `c` counted by
-    /// [`HeapStats::add_class_mallocs`] that were never handed out.
-    #[inline]
-    pub fn sub_class_mallocs(&self, c: usize, n: u64) {
-        if let Some(a) = self.class_mallocs.get(c) {
-            bump(a, n.wrapping_neg());
-        }
-    }
-
     /// Counts `n` blocks of class `c` freed (see the module comment).
     #[inline]
     pub fn add_class_frees(&self, c: usize, n: u64) {
