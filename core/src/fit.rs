@@ -599,8 +599,24 @@ impl Fit {
             if h & WHOLE != 0 {
                 self.stats.empty_chunks -= 1;
             }
-            let keep = h & (PREV_FREE | FIRST);
-            let rest = s - need;
+            self.use_block(b, s, need, h & (PREV_FREE | FIRST));
+        }
+    }
+
+    /// Makes the `total` bytes at `b` (no longer listed anywhere) a used
+    /// block of `need` bytes with the header bits `keep`: the rest becomes
+    /// a listed free block when it is big enough to be one, or stays in the
+    /// used block (whose successor then no longer has a free predecessor).
+    ///
+    /// # Safety
+    /// `[b, b + total)` is unlisted memory of this heap's chunk ending at a
+    /// block header, and `need <= total`.
+    #[inline(always)]
+    unsafe fn use_block(&mut self, b: usize, total: usize, need: usize, keep: usize) {
+        // SAFETY: the caller's contract; every address written lies in the
+        // range or is the next block's header.
+        unsafe {
+            let rest = total - need;
             if rest >= MIN_BLOCK {
                 wr(b, need | keep | self.mark);
                 let r = b + need;
@@ -608,8 +624,8 @@ impl Fit {
                 wr(r + rest - 8, rest);
                 self.insert(r, rest);
             } else {
-                wr(b, s | keep | self.mark);
-                let n = b + s;
+                wr(b, total | keep | self.mark);
+                let n = b + total;
                 wr(n, rd(n) & !PREV_FREE);
             }
         }
@@ -838,18 +854,7 @@ impl Fit {
                 return Ok(false);
             }
             self.unlink(n, ns)?;
-            let rest = total - need;
-            if rest >= MIN_BLOCK {
-                wr(b, need | keep | self.mark);
-                let r = b + need;
-                wr(r, rest | FREE | self.mark);
-                wr(r + rest - 8, rest);
-                self.insert(r, rest);
-            } else {
-                wr(b, total | keep | self.mark);
-                let nn = b + total;
-                wr(nn, rd(nn) & !PREV_FREE);
-            }
+            self.use_block(b, total, need, keep);
             Ok(true)
         }
     }
