@@ -84,24 +84,38 @@ impl ForkGate {
         self.word.store(0, Ordering::Release);
     }
 
-    /// Installs a function called in the middle of every cross-thread
-    /// hand-off (after the span became `Notifying`, before the block
-    /// reaches its owner). A test aid for making a fork land exactly there;
-    /// never set in normal operation.
-    pub fn set_handoff_hook(&self, hook: fn()) {
+    /// Installs a function called at two points of every cross-thread
+    /// hand-off (see [`HandoffPoint`]). A test aid for making a `fork` or
+    /// an owner's exit land exactly there; never set in normal operation.
+    pub fn set_handoff_hook(&self, hook: fn(HandoffPoint)) {
         self.handoff_hook.store(hook as usize, Ordering::Release);
     }
 
     /// Calls the hand-off hook, if one is set.
-    pub fn run_handoff_hook(&self) {
+    pub fn run_handoff_hook(&self, at: HandoffPoint) {
         let h = self.handoff_hook.load(Ordering::Acquire);
         if h != 0 {
             // SAFETY: only `set_handoff_hook` stores non-zero values, and
-            // they are `fn()` pointers.
-            let f: fn() = unsafe { core::mem::transmute::<usize, fn()>(h) };
-            f();
+            // they are `fn(HandoffPoint)` pointers.
+            let f: fn(HandoffPoint) = unsafe { core::mem::transmute::<usize, fn(HandoffPoint)>(h) };
+            f(at);
         }
     }
+}
+
+/// Where in a cross-thread hand-off the test hook runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandoffPoint {
+    /// A remote free found its span parked (`Notify`) and is about to take
+    /// the fork guard and claim the hand-off: the owner may still give the
+    /// span up (exit, abandon) before the claim.
+    Start,
+    /// The span is `Notifying`; the block has not reached its owner yet.
+    Notifying,
+    /// A heap adopting a segment has collected its remote frees and is
+    /// about to park its large blocks: a remote free landing now must not
+    /// be lost.
+    Adopting,
 }
 
 impl Default for ForkGate {

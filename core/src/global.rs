@@ -123,7 +123,7 @@ impl Global {
     }
 
     /// See [`ForkGate::set_handoff_hook`].
-    pub fn set_handoff_hook(&self, hook: fn()) {
+    pub fn set_handoff_hook(&self, hook: fn(crate::fork::HandoffPoint)) {
         self.fork.set_handoff_hook(hook);
     }
 

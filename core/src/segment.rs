@@ -437,40 +437,56 @@ impl Segment {
         // SAFETY: `self` is valid for the whole loop, which keeps the
         // tiling.
         for (idx, _) in unsafe { Segment::spans(self) } {
-            let span: *mut Span = &mut self.slices[idx];
-            // SAFETY: the caller's contract; remote lists hold blocks of
-            // their own span, linked with its secret, and are checked
-            // before they are followed.
-            unsafe {
-                if matches!((*span).kind, SpanKind::Slab | SpanKind::Large) {
-                    (*span).next = ptr::null_mut();
-                    (*span).prev = ptr::null_mut();
-                    let (mut b, n) = (*span).thread_free.take();
-                    for _ in 0..n {
-                        if check_live
-                            && (!(*span).is_carved_block(b as usize)
-                                || !self.live.clear(b as usize))
-                        {
-                            return Err(b as usize);
-                        }
-                        let next = next_of(b, (*span).secret);
-                        if (*span).kind == SpanKind::Slab {
-                            (*span).push_local(b);
-                        } else {
-                            (*span).used = 0;
-                        }
-                        b = next;
-                    }
-                    if (*span).used == 0 {
-                        if (*span).kind == SpanKind::Large {
-                            large_freed(&*span);
-                        }
-                        freed += self.free_empty_span(idx);
-                    }
-                }
-            }
+            // SAFETY: the caller's contract.
+            freed += unsafe { self.sweep_span(idx, check_live, &mut large_freed)? };
         }
         Ok(freed)
+    }
+
+    /// [`Segment::sweep`] for the one span starting at slice `idx` (any
+    /// kind; only used spans have remote frees).
+    ///
+    /// # Safety
+    /// As [`Segment::sweep`]; `idx` is the first slice of a span.
+    pub unsafe fn sweep_span(
+        &mut self,
+        idx: usize,
+        check_live: bool,
+        large_freed: &mut impl FnMut(&Span),
+    ) -> Result<usize, usize> {
+        let span: *mut Span = &mut self.slices[idx];
+        // SAFETY: the caller's contract; remote lists hold blocks of their
+        // own span, linked with its secret, and are checked before they
+        // are followed.
+        unsafe {
+            if !matches!((*span).kind, SpanKind::Slab | SpanKind::Large) {
+                return Ok(0);
+            }
+            (*span).next = ptr::null_mut();
+            (*span).prev = ptr::null_mut();
+            let (mut b, n) = (*span).thread_free.take();
+            for _ in 0..n {
+                if check_live
+                    && (!(*span).is_carved_block(b as usize) || !self.live.clear(b as usize))
+                {
+                    return Err(b as usize);
+                }
+                let next = next_of(b, (*span).secret);
+                if (*span).kind == SpanKind::Slab {
+                    (*span).push_local(b);
+                } else {
+                    (*span).used = 0;
+                }
+                b = next;
+            }
+            if (*span).used != 0 {
+                return Ok(0);
+            }
+            if (*span).kind == SpanKind::Large {
+                large_freed(&*span);
+            }
+            Ok(self.free_empty_span(idx))
+        }
     }
 
     /// Turns the empty used span at `idx` into a dirty free span (unbinned,

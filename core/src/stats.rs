@@ -106,8 +106,11 @@ impl HeapStats {
             let unused = cached[c].saturating_sub(freed[c]);
             let cm = ld(&self.class_mallocs[c]).wrapping_sub(unused);
             let cf = ld(&self.class_frees[c]).wrapping_add(freed[c]);
-            m += cm;
-            f += cf;
+            // One heap's share may be "negative" (blocks it adopted or
+            // collected count where they were first handed out): only
+            // the sum over all heaps is meaningful, so wrap.
+            m = m.wrapping_add(cm);
+            f = f.wrapping_add(cf);
             bytes = bytes.wrapping_add(cm.wrapping_sub(cf).wrapping_mul(class_size(c) as u64));
         }
         (m, f, bytes)

@@ -129,7 +129,10 @@ pub(crate) fn handoff_fd() -> i32 {
     HANDOFF_FD.load(Ordering::Relaxed)
 }
 
-fn pause_in_handoff() {
+fn pause_in_handoff(at: apex_core::fork::HandoffPoint) {
+    if at != apex_core::fork::HandoffPoint::Notifying {
+        return;
+    }
     let fd = HANDOFF_FD.swap(-1, Ordering::AcqRel);
     if fd < 0 {
         return;

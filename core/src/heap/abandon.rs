@@ -5,6 +5,7 @@ use core::sync::atomic::Ordering;
 
 use crate::bins::SpanBins;
 use crate::fatal::Misuse;
+use crate::fork::HandoffPoint;
 use crate::layout::SLICE_SIZE;
 use crate::remote::Notify;
 use crate::segment::Segment;
@@ -16,6 +17,13 @@ impl Heap {
     /// Takes remote frees of every used span of `seg` into local lists and
     /// turns spans that became empty into (uncoalesced) free spans.
     pub(super) unsafe fn sweep_segment(&mut self, seg: *mut Segment) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.sweep(seg, None) };
+    }
+
+    /// [`Heap::sweep_segment`] for the span at slice `idx` alone, or for
+    /// every span when `only` is `None`. Returns the slices freed.
+    unsafe fn sweep(&mut self, seg: *mut Segment, only: Option<usize>) -> usize {
         // SAFETY: `seg` is owned by this heap (or being adopted by it).
         unsafe {
             let check = self.harden.contains(crate::harden::Mitigations::BITMAP);
@@ -23,14 +31,18 @@ impl Heap {
             let guarded = self
                 .harden
                 .contains(crate::harden::Mitigations::LARGE_GUARDS);
-            let unguard = |d: &Span| {
+            let mut unguard = |d: &Span| {
                 let span_end = d.start + d.slice_count as usize * SLICE_SIZE;
                 let block_end = d.start + d.block_size;
                 if guarded && span_end > block_end {
                     global.protect(block_end, span_end - block_end, true);
                 }
             };
-            let freed = match (*seg).sweep(check, unguard) {
+            let swept = match only {
+                None => (*seg).sweep(check, unguard),
+                Some(idx) => (*seg).sweep_span(idx, check, &mut unguard),
+            };
+            let freed = match swept {
                 Ok(n) => n,
                 Err(b) => self.global.misuse(Misuse::DoubleFree, b, None),
             };
@@ -38,6 +50,7 @@ impl Heap {
                 self.global.stats.sub_active(freed * SLICE_SIZE);
                 self.schedule_purge(seg);
             }
+            freed
         }
     }
 
@@ -130,9 +143,11 @@ impl Heap {
             (*seg).owner.store(self.id(), Ordering::Release);
             self.link_segment(seg);
             self.sweep_segment(seg);
-            let s = &mut *seg;
-            for (idx, n) in Segment::spans(seg) {
-                let page: *mut Span = &mut s.slices[idx];
+            self.global
+                .fork_gate()
+                .run_handoff_hook(HandoffPoint::Adopting);
+            for (idx, _) in Segment::spans(seg) {
+                let page: *mut Span = &mut (*seg).slices[idx];
                 match (*page).kind {
                     SpanKind::Slab => {
                         let p = &mut *page;
@@ -153,13 +168,12 @@ impl Heap {
                     }
                     SpanKind::Large => {
                         (*page).in_full = true;
-                        // A remote free racing in leaves the block on the
-                        // list; notify refuses then, and we free it here.
+                        // A remote free racing in after the sweep leaves the
+                        // block on the list; notify refuses then, and the
+                        // free is collected as the sweep would have (live
+                        // bit checked and cleared, guard page lifted).
                         while !(*page).thread_free.set_notify(Notify::Notify) {
-                            if !(*page).thread_free.take().0.is_null() {
-                                (*page).used = 0;
-                                s.free_empty_span(idx);
-                                self.global.stats.sub_active(n * SLICE_SIZE);
+                            if self.sweep(seg, Some(idx)) > 0 {
                                 break;
                             }
                         }
@@ -168,7 +182,7 @@ impl Heap {
                 }
             }
             let bins: *mut SpanBins = &mut self.bins;
-            s.coalesce_all(|s, i| (*bins).insert(&mut s.slices[i]));
+            (*seg).coalesce_all(|s, i| (*bins).insert(&mut s.slices[i]));
         }
     }
 }

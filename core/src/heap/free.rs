@@ -6,6 +6,7 @@ use core::sync::atomic::Ordering;
 
 use crate::block::{next_of, Block};
 use crate::fatal::Misuse;
+use crate::fork::HandoffPoint;
 use crate::harden::Mitigations;
 use crate::layout::{segment_base_of, MIN_ALIGN, SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE};
 use crate::remote::{Notify, RemotePush};
@@ -383,25 +384,43 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub(super) unsafe fn hand_over(&mut self, page: *mut Span, seg: *mut Segment, b: *mut Block) {
+        self.global
+            .fork_gate()
+            .run_handoff_hook(HandoffPoint::Start);
         let _guard = self.global.fork_guard();
         // SAFETY: `b` is a live block of `page` given up by the caller;
         // while we hold `Notifying` the owner cannot go away.
         unsafe {
-            let pushed = (*page).thread_free.push(b, (*page).secret, true);
-            if pushed == RemotePush::Notifying {
-                self.global.fork_gate().run_handoff_hook();
-                let owner = (*seg).owner.load(Ordering::Acquire) as *const Heap;
-                (*owner).delayed.push(b, (*owner).key);
-                let then = if (*page).kind == SpanKind::Large {
-                    Notify::Freed
-                } else {
-                    Notify::Normal
-                };
-                (*page).thread_free.end_notifying(then);
-            } else if (*page).kind == SpanKind::Large || pushed == RemotePush::Freed {
+            let large = (*page).kind == SpanKind::Large;
+            match (*page).thread_free.push(b, (*page).secret, true) {
+                RemotePush::Notifying => {
+                    self.global
+                        .fork_gate()
+                        .run_handoff_hook(HandoffPoint::Notifying);
+                    let owner = (*seg).owner.load(Ordering::Acquire) as *const Heap;
+                    (*owner).delayed.push(b, (*owner).key);
+                    let then = if large { Notify::Freed } else { Notify::Normal };
+                    (*page).thread_free.end_notifying(then);
+                }
+                // Since the caller saw `Notify`, the owner took the span
+                // back into its queue or gave the segment up (thread exit
+                // resets every span to `Normal`): the block now waits on
+                // the list like any remote free, for the owner or the
+                // segment's adopter. Only a large block's second free can
+                // meet another one there.
+                RemotePush::Pushed => {
+                    if large && (*page).thread_free.count() > 1 {
+                        self.global
+                            .misuse(Misuse::DoubleFree, b as usize, Some((*page).usable()));
+                    }
+                }
                 // Someone else handed this large block over meanwhile.
-                self.global
-                    .misuse(Misuse::DoubleFree, b as usize, Some((*page).usable()));
+                // (`MustNotify` does not come back when notifying is
+                // allowed.)
+                RemotePush::Freed | RemotePush::MustNotify => {
+                    self.global
+                        .misuse(Misuse::DoubleFree, b as usize, Some((*page).usable()))
+                }
             }
         }
     }

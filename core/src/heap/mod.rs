@@ -726,8 +726,9 @@ pub fn snapshot_from(global: &Global, own: *const Heap) -> Snapshot {
         } else {
             h.totals()
         };
-        s.mallocs += m;
-        s.frees += f;
+        // A heap's share can be "negative" (see `HeapStats::totals_less`).
+        s.mallocs = s.mallocs.wrapping_add(m);
+        s.frees = s.frees.wrapping_add(f);
         s.allocated = s.allocated.wrapping_add(bytes);
         s.remote_frees += st.remote_frees.load(Ordering::Relaxed);
     });

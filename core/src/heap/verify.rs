@@ -2,6 +2,7 @@
 //! thread, at a point where no other thread frees into it. Compiled in debug
 //! builds and tests only.
 
+use crate::layout::SLICE_SIZE;
 use crate::span::{check, Broken, SpanKind};
 
 use crate::segment::segment_of;
@@ -13,7 +14,8 @@ impl Heap {
     /// the bins hold exactly the free spans of its segments, that every
     /// slab accounts for each of its blocks exactly once with links inside
     /// the slab, and that each slab is either queued under its class (and
-    /// the direct table agrees) or parked full, never both. Call it from
+    /// the direct table agrees) or parked full, never both, and that no
+    /// live bit is set in a free span. Call it from
     /// the owning thread while no other thread frees into the heap.
     pub fn verify(&self) -> Result<(), Broken> {
         let id = self.id();
@@ -32,7 +34,15 @@ impl Heap {
             s.verify(self.global.cookie_key(), |idx| {
                 let d = &s.slices[idx];
                 match d.kind {
-                    SpanKind::Free => free_spans += 1,
+                    SpanKind::Free => {
+                        free_spans += 1;
+                        let end = s.slice_addr(idx) + d.slice_count as usize * SLICE_SIZE;
+                        check(
+                            s.live.none_in(s.slice_addr(idx), end),
+                            "live bit set in a free span",
+                            s.slice_addr(idx),
+                        )?;
+                    }
                     SpanKind::Slab => {
                         // SAFETY: an own slab.
                         unsafe { d.verify_slab()? };
