@@ -137,6 +137,7 @@ int apex_ctl(const char *name, void *oldp, size_t *oldlenp, void *newp,
 #define APEX_HARDEN_QUARANTINE 0x080u
 #define APEX_HARDEN_ISOLATE 0x100u
 #define APEX_HARDEN_LARGE_GUARDS 0x200u
+#define APEX_HARDEN_WIDE_SHUFFLE 0x400u
 
 /* The calling thread's counts (zero before its first allocation). */
 typedef struct {

@@ -236,12 +236,14 @@ impl Span {
     }
 
     /// Carves up to `max_bytes` worth of fresh blocks into `free` (which must
-    /// be empty), linked in address order, or in a random order drawn from
-    /// `rng` when it is given. Returns how many were added.
+    /// be empty), linked in address order, or, when `shuffle` gives a
+    /// random state and a group size, in address order of groups of that
+    /// many blocks with a random order inside each group (a group as large
+    /// as the carve shuffles it whole). Returns how many were added.
     ///
     /// # Safety
     /// Only the owning heap may call this, on a slab whose span is usable.
-    pub unsafe fn extend(&mut self, max_bytes: usize, rng: Option<&mut u64>) -> u32 {
+    pub unsafe fn extend(&mut self, max_bytes: usize, shuffle: Option<(&mut u64, usize)>) -> u32 {
         debug_assert!(self.free.is_null());
         let left = self.reserved - self.capacity;
         if left == 0 {
@@ -257,11 +259,18 @@ impl Span {
         for (i, o) in order.iter_mut().enumerate().take(n as usize) {
             *o = i as u16;
         }
-        if let Some(state) = rng {
-            // Fisher-Yates with a fresh random word per step.
-            for i in (1..n as usize).rev() {
-                let j = (next_random(state) % (i as u64 + 1)) as usize;
-                order.swap(i, j);
+        if let Some((state, group)) = shuffle {
+            // Fisher-Yates inside each group, a fresh random word per step.
+            let n = n as usize;
+            let group = group.clamp(1, n);
+            let mut start = 0;
+            while start < n {
+                let end = (start + group).min(n);
+                for i in (start + 1..end).rev() {
+                    let j = start + (next_random(state) % ((i - start) as u64 + 1)) as usize;
+                    order.swap(i, j);
+                }
+                start = end;
             }
         }
         let mut next: *mut Block = ptr::null_mut();

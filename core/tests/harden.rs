@@ -410,3 +410,50 @@ fn owns_knows_segment_ends_from_aligned_huge_blocks() {
         heap.free(small);
     }
 }
+
+/// The carving order of 64 fresh 64-byte blocks under `m`: their offsets
+/// from the lowest, in blocks, in the order they were handed out.
+fn carve_order(m: Mitigations) -> Vec<usize> {
+    let (_g, hb) = heap_with(m);
+    let heap = hb.get();
+    let p: Vec<usize> = (0..64).map(|_| heap.malloc(64) as usize).collect();
+    let low = *p.iter().min().unwrap();
+    p.iter().map(|&a| (a - low) / 64).collect()
+}
+
+/// Class 9: `shuffle` hands fresh blocks out in a random order inside
+/// groups of four neighbours (256 bytes), groups in address order, so
+/// blocks allocated together stay within a few cache lines; consecutive
+/// blocks are not at a fixed distance. `wide-shuffle` mixes the whole
+/// carve; without either, blocks come in address order.
+#[test]
+fn shuffle_mixes_groups_of_neighbours_and_wide_shuffle_the_whole_carve() {
+    let plain = carve_order(Mitigations::DEFAULT - Mitigations::SHUFFLE);
+    assert_eq!(plain, (0..64).collect::<Vec<_>>());
+
+    let mut shuffled_groups = 0;
+    for _ in 0..8 {
+        let order = carve_order(Mitigations::DEFAULT);
+        for (g, group) in order.chunks(4).enumerate() {
+            let mut sorted = group.to_vec();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (4 * g..4 * g + 4).collect::<Vec<_>>(), "{order:?}");
+            shuffled_groups += usize::from(sorted != group);
+        }
+    }
+    // 128 groups, each left in order with probability 1/24.
+    assert!(
+        shuffled_groups > 64,
+        "{shuffled_groups} of 128 groups shuffled"
+    );
+
+    let wide = carve_order(Mitigations::DEFAULT | Mitigations::WIDE_SHUFFLE);
+    let spread = wide
+        .chunks(4)
+        .filter(|g| g.iter().max().unwrap() - g.iter().min().unwrap() > 3)
+        .count();
+    assert!(
+        spread > 8,
+        "wide shuffle kept neighbours together: {wide:?}"
+    );
+}

@@ -11,7 +11,7 @@
 //! | `APEX_SHOW_STATS` | 0 | `1`: print a statistics line at exit, `apexalloc[program:pid]: ...`, on the stderr the program started with (even when the program has closed it); `json`: one JSON document instead (totals, size classes, threads, segments; see docs/stats-json.md) |
 //! | `APEX_STATS_FILE` | `stderr` | with `APEX_SHOW_STATS`: append the statistics line (or document) to this file instead (`%p` becomes the process id; a relative name is taken from the directory at start) |
 //! | `APEX_VERBOSE` | 0 | `1`: print the settings at start, once per process tree (this process's environment then reads `APEX_VERBOSE=S`, which its children inherit); `all`: in every process |
-//! | `APEX_HARDEN` | `default` | mitigations against heap exploitation: a preset, `off`, `default` or `full`, then single mitigations added with `+name` or removed with `-name`, comma-separated (`default,+zero,-shuffle`); names: `links`, `bitmap`, `foreign`, `guards`, `shuffle`, `canary`, `zero`, `quarantine`, `isolate`, `large-guards` (see the README's mitigation table) |
+//! | `APEX_HARDEN` | `default` | mitigations against heap exploitation: a preset, `off`, `default` or `full`, then single mitigations added with `+name` or removed with `-name`, comma-separated (`default,+zero,-shuffle`); names: `links`, `bitmap`, `foreign`, `guards`, `shuffle`, `canary`, `zero`, `quarantine`, `isolate`, `large-guards`, `wide-shuffle` (see the README's mitigation table) |
 //! | `APEX_PURGE_DELAY_MS` | 100 | how long a segment must go without new free memory before that memory is returned (deferred at most 8×; a reserve of a quarter of what a heap uses stays) |
 //! | `APEX_DECOMMIT` | `dontneed` | `free`: return memory with `MADV_FREE` instead of `MADV_DONTNEED` |
 //! | `APEX_THP` | 0 | `1`: ask for transparent huge pages (`MADV_HUGEPAGE`) for the hot part of each new segment, its first 4 MiB (header and first slabs; with guard pages on, less the first 2 MiB; see docs/numa-thp.md) |
@@ -137,7 +137,7 @@ pub static OPTIONS: [Opt; 16] = [
     Opt {
         name: "APEX_HARDEN",
         default: "default",
-        meaning: "mitigations against heap exploitation: a preset, `off`, `default` or `full`, then single mitigations added with `+name` or removed with `-name`, comma-separated (`default,+zero,-shuffle`); names: `links`, `bitmap`, `foreign`, `guards`, `shuffle`, `canary`, `zero`, `quarantine`, `isolate`, `large-guards` (see the README's mitigation table)",
+        meaning: "mitigations against heap exploitation: a preset, `off`, `default` or `full`, then single mitigations added with `+name` or removed with `-name`, comma-separated (`default,+zero,-shuffle`); names: `links`, `bitmap`, `foreign`, `guards`, `shuffle`, `canary`, `zero`, `quarantine`, `isolate`, `large-guards`, `wide-shuffle` (see the README's mitigation table)",
         expected: "off, default or full, then +name or -name for single mitigations",
         listed: true,
         set: set_harden,

@@ -3,8 +3,8 @@
 //! shapes over one 128 MiB arena, plus a cross-CPU reuse probe and a
 //! largest-block probe.
 //!
-//! `cargo run --release -- [--trials N] [--ms N] [--rounds N] [--threads 1,2,4] [--sizes 200,1000]
-//! [--only a,b] [--skip-speed] [--out PREFIX]` (see `run.sh`), or
+//! `cargo run --release -- [--trials N] [--ms N | --count N] [--rounds N] [--threads 1,2,4] [--sizes 200,1000]
+//! [--only a,b] [--skip-speed] [--skip-memory] [--out PREFIX]` (see `run.sh`), or
 //! `-- --index-costs` for the cost of each CPU-index route. Writes a
 //! Markdown report to stdout (and `PREFIX.md`), CSV rows to `PREFIX.csv`
 //! and a chart to `PREFIX.svg`.
@@ -37,6 +37,11 @@ struct Options {
     threads: Vec<usize>,
     sizes: Vec<usize>,
     only: Option<Vec<String>>,
+    /// A fixed number of actions per thread and cell instead of `ms`
+    /// (for counting instructions under callgrind).
+    count: Option<u64>,
+    /// Run the memory shapes (`--skip-memory`: no).
+    memory: bool,
     speed: bool,
     index_costs: bool,
     out: Option<String>,
@@ -50,6 +55,8 @@ fn parse() -> Options {
         threads: vec![1, 2, 4],
         sizes: DEFAULT_SIZES.to_vec(),
         only: None,
+        count: None,
+        memory: true,
         speed: true,
         index_costs: false,
         out: None,
@@ -60,6 +67,7 @@ fn parse() -> Options {
         match a.as_str() {
             "--trials" => o.trials = val().parse().expect("--trials N"),
             "--ms" => o.ms = val().parse().expect("--ms N"),
+            "--count" => o.count = Some(val().parse().expect("--count N")),
             "--rounds" => o.rounds = val().parse().expect("--rounds N"),
             "--threads" => {
                 o.threads = val()
@@ -75,6 +83,7 @@ fn parse() -> Options {
             }
             "--only" => o.only = Some(val().split(',').map(str::to_owned).collect()),
             "--skip-speed" => o.speed = false,
+            "--skip-memory" => o.memory = false,
             "--index-costs" => o.index_costs = true,
             "--out" => o.out = Some(val()),
             _ => panic!("unknown argument {a}; see the source header for usage"),
@@ -119,6 +128,7 @@ fn run_actions(
     max: usize,
     seed: u64,
     ms: u64,
+    count: Option<u64>,
 ) -> shapes::Actions {
     let a = (n.build)(arena);
     let a: &(dyn GlobalAlloc + Sync) = &*a;
@@ -131,7 +141,11 @@ fn run_actions(
                 s.spawn(move || {
                     set_cpu(t);
                     barrier.wait();
-                    shapes::random_actions(a, max, seed * 64 + t as u64, Duration::from_millis(ms))
+                    let seed = seed * 64 + t as u64;
+                    match count {
+                        Some(n) => shapes::random_actions_counted(a, max, seed, n),
+                        None => shapes::random_actions(a, max, seed, Duration::from_millis(ms)),
+                    }
                 })
             })
             .collect();
@@ -196,7 +210,7 @@ fn main() {
                 for (si, &max) in o.sizes.iter().enumerate() {
                     for (ai, n) in selected.iter().enumerate() {
                         let seed = (trial * 100 + si) as u64;
-                        let r = run_actions(n, arena, threads, max, seed, o.ms);
+                        let r = run_actions(n, arena, threads, max, seed, o.ms, o.count);
                         let rate = shapes::rate(&r);
                         eprintln!(
                             "{threads} thr, trial {trial}, max {max:>5}: {:<24} {:>7.2} M/CPU-s, {} failed",
@@ -267,7 +281,7 @@ fn main() {
     }
 
     let mut memory: Vec<Memory> = Vec::new();
-    for n in &selected {
+    for n in selected.iter().filter(|_| o.memory) {
         eprintln!("memory probes: {}", n.name);
         let he = {
             let a = (n.build)(arena);

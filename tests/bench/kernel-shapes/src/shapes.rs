@@ -35,6 +35,20 @@ pub fn random_actions(a: &dyn GlobalAlloc, max: usize, seed: u64, duration: Dura
     out
 }
 
+/// [`crate::workload::random_actions`] for `count` actions (rounded up to
+/// a hundred), for counting instructions per action under callgrind.
+pub fn random_actions_counted(a: &dyn GlobalAlloc, max: usize, seed: u64, count: u64) -> Actions {
+    let cpu0 = thread_cpu_ns();
+    let mut hundreds = count.div_ceil(100);
+    let mut out = crate::workload::random_actions(a, max, seed, || {
+        let go = hundreds > 0;
+        hundreds = hundreds.saturating_sub(1);
+        go
+    });
+    out.time = thread_cpu_ns() - cpu0;
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
