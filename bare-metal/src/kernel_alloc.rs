@@ -157,6 +157,36 @@ struct CpuSlot {
     local: UnsafeCell<Local>,
 }
 
+/// The calling CPU's slot while it is inside its heaps (its `busy` flag
+/// set); leaving (the drop) clears the flag.
+struct Entered<'a> {
+    slot: &'a CpuSlot,
+    who: usize,
+}
+
+impl Entered<'_> {
+    /// The slot's heaps, counters and owner number.
+    #[inline(always)]
+    fn slot(&mut self) -> Slot<'_> {
+        Slot {
+            // SAFETY: the flag was clear when it was set for this guard, so
+            // nothing else on this CPU is inside these heaps, and no other
+            // CPU uses this slot; `&mut self` keeps the reference unique.
+            local: unsafe { &mut *self.slot.local.get() },
+            who: self.who,
+            counts: &self.slot.counts,
+        }
+    }
+}
+
+impl Drop for Entered<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        compiler_fence(Ordering::SeqCst);
+        self.slot.busy.store(false, Ordering::Relaxed);
+    }
+}
+
 /// Per-CPU heaps over one allocator instance.
 pub struct KernelAlloc {
     global: &'static Global,
@@ -246,34 +276,33 @@ impl KernelAlloc {
     /// interrupt handler) or the CPU has no index.
     #[inline(always)]
     pub(crate) fn with_local<R>(&self, f: impl FnOnce(Slot<'_>) -> R) -> R {
-        if let Some(i) = (self.cpu_index)() {
-            if let Some(slot) = self.heaps.get(i) {
-                // Only this CPU reads and writes the flag, so a plain load
-                // and store suffice: an interrupt arriving between them
-                // runs to completion (leaving the flag clear) before the
-                // store.
-                if !slot.busy.load(Ordering::Relaxed) {
-                    slot.busy.store(true, Ordering::Relaxed);
-                    // Keep the heap accesses after the flag is set and
-                    // before it is cleared, as seen by an interrupt on this
-                    // CPU.
-                    compiler_fence(Ordering::SeqCst);
-                    // SAFETY: the flag was clear, so nothing on this CPU is
-                    // inside these heaps, and no other CPU uses this slot.
-                    let local = unsafe { &mut *slot.local.get() };
-                    let r = f(Slot {
-                        local,
-                        who: i,
-                        counts: &slot.counts,
-                    });
-                    compiler_fence(Ordering::SeqCst);
-                    slot.busy.store(false, Ordering::Relaxed);
-                    return r;
-                }
-                self.reentries.fetch_add(1, Ordering::Relaxed);
-            }
+        match self.enter_local() {
+            Some(mut entered) => f(entered.slot()),
+            None => self.on_shared(f),
         }
-        self.on_shared(f)
+    }
+
+    /// Enters the calling CPU's slot: `None` when the CPU has no index or
+    /// is inside its heaps already (an interrupt handler that interrupted
+    /// the allocator). The hot paths use this rather than
+    /// [`KernelAlloc::with_local`], so that their work is inlined here
+    /// instead of running in a closure called through the stack.
+    #[inline(always)]
+    fn enter_local(&self) -> Option<Entered<'_>> {
+        let i = (self.cpu_index)()?;
+        let slot = self.heaps.get(i)?;
+        // Only this CPU reads and writes the flag, so a plain load and
+        // store suffice: an interrupt arriving between them runs to
+        // completion (leaving the flag clear) before the store.
+        if slot.busy.load(Ordering::Relaxed) {
+            self.reentries.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        slot.busy.store(true, Ordering::Relaxed);
+        // Keep the heap accesses after the flag is set (and, in `Drop`,
+        // before it is cleared), as seen by an interrupt on this CPU.
+        compiler_fence(Ordering::SeqCst);
+        Some(Entered { slot, who: i })
     }
 
     /// Runs `f` on the shared heaps, with interrupts masked while their
@@ -388,11 +417,21 @@ impl KernelAlloc {
     /// then (after the out-of-memory handler, if any) again.
     #[inline(always)]
     fn alloc_routed(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
-        let p = self.with_local(|mut s| self.alloc_on(&mut s, size, align, zero));
+        let p = match self.enter_local() {
+            Some(mut entered) => self.alloc_on(&mut entered.slot(), size, align, zero),
+            None => self.alloc_shared(size, align, zero),
+        };
         if !p.is_null() {
             return p;
         }
         self.out_of_memory(size, align, zero)
+    }
+
+    /// [`KernelAlloc::alloc_on`] on the shared heaps.
+    #[cold]
+    #[inline(never)]
+    fn alloc_shared(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
+        self.on_shared(|mut s| self.alloc_on(&mut s, size, align, zero))
     }
 
     #[cold]
@@ -438,6 +477,77 @@ impl KernelAlloc {
     /// through this allocator.
     pub fn set_oom_handler(&self, handler: OomHandler) {
         self.oom_handler.store(handler as usize, Ordering::Release);
+    }
+
+    /// Resizes a best-fit block within the slot's heaps when it is the
+    /// slot's own: in place when its neighbour allows (a small new size
+    /// included: the block stays a best-fit block, which its free finds),
+    /// else moved within the slot's heaps. `None` when the block is
+    /// another slot's or nothing here holds the new size.
+    ///
+    /// # Safety
+    /// `p` is a live best-fit block of this allocator allocated with
+    /// alignment `align`, of which `keep` bytes are kept.
+    #[inline(always)]
+    unsafe fn fit_realloc_on(
+        &self,
+        s: &mut Slot<'_>,
+        p: *mut u8,
+        align: usize,
+        new_size: usize,
+        keep: usize,
+    ) -> Option<*mut u8> {
+        // SAFETY: the caller's contract; a fit block has a header.
+        unsafe {
+            if fit::owner_of(p) != Some(s.who) {
+                return None;
+            }
+            if self.fit_resize_local(s.local, p, new_size) {
+                return Some(p);
+            }
+            let q = self.alloc_on(s, new_size, align, false);
+            if !q.is_null() {
+                ptr::copy_nonoverlapping(p, q, keep);
+                self.fit_free_in(s, p);
+                return Some(q);
+            }
+            // No free block anywhere holds the new size: the block may
+            // still grow into its neighbours on both sides.
+            if align <= fit::GRANULE {
+                let q = self.fit_slide_local(s.local, p, new_size, keep);
+                if !q.is_null() {
+                    return Some(q);
+                }
+            }
+            None
+        }
+    }
+
+    /// Frees a block on the slot's heaps.
+    ///
+    /// # Safety
+    /// `p` is a live block of this allocator with this layout, freed once.
+    #[inline(always)]
+    unsafe fn free_on(&self, s: &mut Slot<'_>, p: *mut u8, layout: Layout) {
+        // SAFETY: a big layout's block is a best-fit block.
+        unsafe {
+            if self.is_small(layout.size(), layout.align()) {
+                self.free_small(s, p)
+            } else {
+                self.fit_free_in(s, p)
+            }
+        }
+    }
+
+    /// [`KernelAlloc::free_on`] on the shared heaps.
+    ///
+    /// # Safety
+    /// As [`KernelAlloc::free_on`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_shared(&self, p: *mut u8, layout: Layout) {
+        // SAFETY: forwarded.
+        self.on_shared(|mut s| unsafe { self.free_on(&mut s, p, layout) })
     }
 
     /// Frees a block of a small layout: the slab fast path inline, the
@@ -599,15 +709,13 @@ unsafe impl GlobalAlloc for KernelAlloc {
 
     #[inline]
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        // SAFETY: `p` is a live block of ours with this layout, freed once:
-        // a big layout's block is a best-fit block.
-        self.with_local(|mut s| unsafe {
-            if self.is_small(layout.size(), layout.align()) {
-                self.free_small(&mut s, p)
-            } else {
-                self.fit_free_in(&mut s, p)
-            }
-        })
+        match self.enter_local() {
+            // SAFETY: `p` is a live block of ours with this layout, freed
+            // once.
+            Some(mut entered) => unsafe { self.free_on(&mut entered.slot(), p, layout) },
+            // SAFETY: as above.
+            None => unsafe { self.dealloc_shared(p, layout) },
+        }
     }
 
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -628,39 +736,18 @@ unsafe impl GlobalAlloc for KernelAlloc {
                 }
             }
         } else {
-            // A best-fit block of the calling CPU's: in place when its
-            // neighbour allows (a small new size included: the block stays
-            // a best-fit block, which its free finds), else moved within
+            // A best-fit block of the calling CPU's: resized or moved within
             // this CPU's heaps, all under one entry.
-            // SAFETY: a live fit block: a header precedes it.
-            let owner = unsafe { fit::owner_of(p) };
-            let done = self.with_local(|mut s| {
-                if owner != Some(s.who) {
-                    return None;
-                }
-                // SAFETY: `p` is a live block of the slot's instance with
-                // `keep` bytes to keep.
-                unsafe {
-                    if self.fit_resize_local(s.local, p, new_size) {
-                        return Some(p);
-                    }
-                    let q = self.alloc_on(&mut s, new_size, align, false);
-                    if !q.is_null() {
-                        ptr::copy_nonoverlapping(p, q, keep);
-                        self.fit_free_in(&mut s, p);
-                        return Some(q);
-                    }
-                    // No free block anywhere holds the new size: the block
-                    // may still grow into its neighbours on both sides.
-                    if align <= fit::GRANULE {
-                        let q = self.fit_slide_local(s.local, p, new_size, keep);
-                        if !q.is_null() {
-                            return Some(q);
-                        }
-                    }
-                    None
-                }
-            });
+            let done = match self.enter_local() {
+                // SAFETY: `p` is a live fit block with `keep` bytes to keep.
+                Some(mut entered) => unsafe {
+                    self.fit_realloc_on(&mut entered.slot(), p, align, new_size, keep)
+                },
+                // SAFETY: as above.
+                None => self.on_shared(|mut s| unsafe {
+                    self.fit_realloc_on(&mut s, p, align, new_size, keep)
+                }),
+            };
             if let Some(q) = done {
                 return q;
             }
