@@ -313,9 +313,11 @@ fn main() {
             largest: pct(largest),
         });
     }
-    writeln!(md, "### Memory: % of the arena\n").unwrap();
-    writeln!(md, "| allocator | heap efficiency | 1000 B fill, CPU 0 | same after CPU 0 freed all, CPU 1 | largest block |").unwrap();
-    writeln!(md, "|---|---|---|---|---|").unwrap();
+    if o.memory {
+        writeln!(md, "### Memory: % of the arena\n").unwrap();
+        writeln!(md, "| allocator | heap efficiency | 1000 B fill, CPU 0 | same after CPU 0 freed all, CPU 1 | largest block |").unwrap();
+        writeln!(md, "|---|---|---|---|---|").unwrap();
+    }
     for Memory {
         name,
         efficiency: he,
