@@ -45,15 +45,19 @@ impl RangeCache {
     }
 
     /// Takes the best entry for a request of `len` bytes: exactly `len`
-    /// when `exact` (segments); otherwise the shortest range at most 1/4
-    /// longer (huge blocks use it whole). With a `node`, an entry placed on
-    /// that node goes before any other (one on another node is still taken
-    /// when there is no such entry: reusing it beats a new reservation).
+    /// when `exact` (segments); otherwise a range at most 1/2 longer (huge
+    /// blocks use it whole), resident ones before decommitted ones (whose
+    /// pages would fault in again), then the shortest. With a `node`, an
+    /// entry placed on that node goes before any other (one on another
+    /// node is still taken when there is no such entry: reusing it beats a
+    /// new reservation).
     pub fn take(&mut self, len: usize, exact: bool, node: Option<u32>) -> Option<CacheEntry> {
-        let rank = |e: &CacheEntry| (node.is_some_and(|n| e.node != n), e.len);
+        // The caller's node first, then resident ranges (a decommitted one
+        // faults its pages in again), then the shortest.
+        let rank = |e: &CacheEntry| (node.is_some_and(|n| e.node != n), !e.committed, e.len);
         let mut best: Option<usize> = None;
         for (i, e) in self.entries[..self.count].iter().enumerate() {
-            let fits = e.len == len || (!exact && e.len > len && e.len - len <= len / 4);
+            let fits = e.len == len || (!exact && e.len > len && e.len - len <= len / 2);
             if fits && best.is_none_or(|b| rank(&self.entries[b]) > rank(e)) {
                 best = Some(i);
             }
@@ -163,14 +167,14 @@ mod tests {
         );
         // Exact requests take only equal lengths.
         assert_eq!(c.take(95, true, None), None);
-        // Otherwise the shortest within 1/4.
-        assert_eq!(c.take(80, false, None).map(|e| e.base), Some(4));
+        // Otherwise within 1/2: a resident one first, then the shortest.
         assert_eq!(c.take(80, false, None).map(|e| e.base), Some(1));
         assert_eq!(
             c.committed_bytes, 0,
             "taking a resident entry frees its budget"
         );
-        assert_eq!(c.take(80, false, None), None, "200 is more than 1/4 longer");
+        assert_eq!(c.take(80, false, None).map(|e| e.base), Some(4));
+        assert_eq!(c.take(80, false, None), None, "200 is more than 1/2 longer");
     }
 
     #[test]

@@ -744,6 +744,14 @@ impl Global {
             let (base, len, zero) = match self.cache_take(want, None) {
                 Some((base, len, committed, _)) => {
                     reused = true;
+                    let keep = align_up(want + want / 4, PAGE_SIZE);
+                    if committed && len > keep {
+                        // A block may take a range half again as long as
+                        // it needs, but keeps at most a quarter more of it
+                        // resident: the rest goes back.
+                        // SAFETY: the range holds no live data.
+                        unsafe { self.decommit(base + keep, len - keep) };
+                    }
                     (
                         base,
                         len,
@@ -855,7 +863,7 @@ impl Global {
     }
 
     /// Takes a cached range for a request of `len` bytes: exactly `len` for
-    /// segments; for huge blocks a range up to 1/4 longer is used whole;
+    /// segments; for huge blocks a range up to 1/2 longer is used whole;
     /// one on `node` first, when given. Returns its base, its real length,
     /// whether it is resident and the node it is placed on.
     fn cache_take(&self, len: usize, node: Option<u32>) -> Option<(usize, usize, bool, u32)> {
