@@ -96,6 +96,27 @@ impl Heap {
     /// `p` must be non-null and either foreign or a live block of this
     /// allocator instance.
     pub unsafe fn realloc(&mut self, p: *mut u8, new_size: usize) -> *mut u8 {
+        // The common case, checked as the free fast path checks a block: a
+        // block of one of our queued slabs, resized within the size
+        // classes (no headroom applies there).
+        if new_size <= MAX_CLASS_SIZE {
+            // SAFETY: the caller's contract.
+            if let Some(usable) = unsafe { self.own_queued_block(p) } {
+                if new_size <= usable && new_size >= usable / 2 {
+                    return p;
+                }
+                let q = self.malloc(new_size);
+                if !q.is_null() {
+                    // SAFETY: `p` is live with `usable` bytes, `q` fresh
+                    // with at least `new_size`; `p` is freed once.
+                    unsafe {
+                        ptr::copy_nonoverlapping(p, q, usable.min(new_size));
+                        self.free(p);
+                    }
+                }
+                return q;
+            }
+        }
         let addr = p as usize;
         let seg = segment_base_of(addr) as *mut Segment;
         if !segment_map::contains(seg as usize) {
@@ -156,6 +177,43 @@ impl Heap {
                 self.free(p);
             }
             q
+        }
+    }
+
+    /// The usable size of `p` when it is a live block in the first slice of
+    /// one of this heap's queued slabs (the blocks the free fast path
+    /// takes), found with that path's checks: with the bitmap, its live bit
+    /// is set; without, it is a carved block start. `None` for anything
+    /// else, which the validating path handles, and always for a heap
+    /// with slow paths.
+    ///
+    /// # Safety
+    /// `p` is a block of this allocator instance or foreign.
+    #[inline(always)]
+    unsafe fn own_queued_block(&self, p: *mut u8) -> Option<usize> {
+        let addr = p as usize;
+        let seg = segment_base_of(addr);
+        if !segment_map::contains(seg) {
+            return None;
+        }
+        // SAFETY: the map says a live segment header is there; the
+        // descriptor index is wrapped to the segment as on the free path.
+        unsafe {
+            let seg = seg as *mut Segment;
+            if (*seg).owner() != self.fast_owner {
+                return None;
+            }
+            let idx = (addr >> crate::layout::SLICE_SHIFT) & (SLICES_PER_SEGMENT - 1);
+            let d = &(*seg).slices[idx];
+            if d.tag() != crate::span::TAG_QUEUED_SLAB {
+                return None;
+            }
+            let live = if self.harden.contains(Mitigations::BITMAP) {
+                addr.is_multiple_of(crate::layout::MIN_ALIGN) && (*seg).live.is_set(addr)
+            } else {
+                d.is_carved_block(addr)
+            };
+            live.then(|| d.usable())
         }
     }
 
