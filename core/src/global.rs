@@ -380,6 +380,24 @@ impl Global {
         }
     }
 
+    /// Whether memory decommitted so far reads as zero. Asked after the
+    /// decommit (or after taking the range from whoever decommitted it):
+    /// a frontend that switches its provider to a non-zeroing decommit at
+    /// run time first drops the capability with
+    /// [`Global::drop_capabilities`], so a decommit that did not zero is
+    /// never taken for one that did.
+    pub fn zero_after_decommit(&self) -> bool {
+        self.caps().contains(Capabilities::ZERO_AFTER_DECOMMIT)
+    }
+
+    /// Withdraws capabilities the provider reported at start-up, for good:
+    /// a frontend calls it before its provider stops doing what they
+    /// promise (for instance before decommits stop zeroing memory, with a
+    /// release store the provider's decommit reads with acquire).
+    pub fn drop_capabilities(&self, c: Capabilities) {
+        self.caps.fetch_and(!c.bits(), Ordering::SeqCst);
+    }
+
     /// Decommits a range when the provider can.
     ///
     /// # Safety
@@ -484,7 +502,8 @@ impl Global {
                     // SAFETY: a cached segment's header is intact and ours.
                     resident = Some(unsafe { (*(base as *const Segment)).resident });
                 }
-                let zero = !committed && caps.contains(Capabilities::ZERO_AFTER_DECOMMIT);
+                // Asked after the take: see `zero_after_decommit`.
+                let zero = !committed && self.zero_after_decommit();
                 (base, zero, false, placed_on != node)
             }
             None => {
@@ -574,9 +593,9 @@ impl Global {
     /// The caller holds `seg` (owns it, or took it off the abandoned list),
     /// and the span is free.
     pub unsafe fn decommit_free_span(&self, seg: *mut Segment, idx: usize, n: usize) -> usize {
-        let zero_after = self.caps().contains(Capabilities::ZERO_AFTER_DECOMMIT);
+        let zero_after = || self.zero_after_decommit();
         // SAFETY: the caller's contract; a free span holds no live data.
-        unsafe { (*seg).decommit_span_tail(idx, n, idx, zero_after, |a, l| self.decommit(a, l)) }
+        unsafe { (*seg).decommit_span_tail(idx, n, idx, &zero_after, |a, l| self.decommit(a, l)) }
     }
 
     /// Decommits the touched free slices of `seg` beyond the `keep`
@@ -585,9 +604,9 @@ impl Global {
     /// # Safety
     /// The caller holds `seg` (owns it, or marked it `purging`).
     pub unsafe fn trim_segment(&self, seg: *mut Segment, keep: usize) {
-        let zero_after = self.caps().contains(Capabilities::ZERO_AFTER_DECOMMIT);
+        let zero_after = || self.zero_after_decommit();
         // SAFETY: the caller's contract; free spans hold no live data.
-        unsafe { (*seg).trim_free(keep, zero_after, |a, l| self.decommit(a, l)) };
+        unsafe { (*seg).trim_free(keep, &zero_after, |a, l| self.decommit(a, l)) };
     }
 
     /// The decay of what no heap owns: cached ranges older than the purge
@@ -755,7 +774,8 @@ impl Global {
                     (
                         base,
                         len,
-                        !committed && caps.contains(Capabilities::ZERO_AFTER_DECOMMIT),
+                        // Asked after the take: see `zero_after_decommit`.
+                        !committed && self.zero_after_decommit(),
                     )
                 }
                 None => (

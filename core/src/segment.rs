@@ -300,13 +300,15 @@ impl Segment {
     /// Forgets the touched slices of the free span at `idx` (`n` slices)
     /// from slice `from` on, calling `decommit(addr, len)` for each run;
     /// the span is clean afterwards only when `from` is its start (and then
-    /// reads as zero if `zero_after`). Returns how many slices went.
+    /// reads as zero if `zero_after()`, asked after the decommits: a
+    /// provider may stop zeroing decommitted memory at any time, and says
+    /// so before it does). Returns how many slices went.
     pub fn decommit_span_tail(
         &mut self,
         idx: usize,
         n: usize,
         from: usize,
-        zero_after: bool,
+        zero_after: &dyn Fn() -> bool,
         mut decommit: impl FnMut(usize, usize),
     ) -> usize {
         let base = self.base();
@@ -318,7 +320,7 @@ impl Segment {
         if from == idx {
             let d = &mut self.slices[idx];
             d.dirty = false;
-            d.span_is_zero = zero_after;
+            d.span_is_zero = zero_after();
         }
         decommitted
     }
@@ -329,7 +331,7 @@ impl Segment {
     pub fn trim_free(
         &mut self,
         mut keep: usize,
-        zero_after: bool,
+        zero_after: &dyn Fn() -> bool,
         mut decommit: impl FnMut(usize, usize),
     ) {
         // SAFETY: `self` is valid for the whole loop, which keeps the

@@ -224,7 +224,7 @@ static OPTS: [OptCtl; 14] = [
                 b"free" => true,
                 _ => return Err(CtlError::Invalid),
             };
-            provider::DECOMMIT_WITH_FREE.store(free, Ordering::Relaxed);
+            provider::set_decommit_with_free(free);
             Ok(())
         }),
     },

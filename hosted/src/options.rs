@@ -173,7 +173,7 @@ pub static OPTIONS: [Opt; 16] = [
                 b"free" => true,
                 _ => return false,
             };
-            provider::DECOMMIT_WITH_FREE.store(free, Ordering::Relaxed);
+            provider::set_decommit_with_free(free);
             true
         },
         show: |l| {

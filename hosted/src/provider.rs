@@ -12,8 +12,24 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use apex_core::provider::{Capabilities, PageProvider, PAGE_SIZE};
 
-/// How freed memory is returned to the kernel.
+/// How freed memory is returned to the kernel: `MADV_FREE` (the pages
+/// keep their contents until the kernel needs them) rather than
+/// `MADV_DONTNEED` (they read as zero). Set it with
+/// [`set_decommit_with_free`].
 pub static DECOMMIT_WITH_FREE: AtomicBool = AtomicBool::new(false);
+
+/// Switches how freed memory is returned (`APEX_DECOMMIT`, `opt.decommit`).
+/// Before the first `MADV_FREE`, the allocator stops taking decommitted
+/// memory for zero, for good (memory given back with `MADV_FREE` earlier
+/// may still hold data after switching back): the capability is dropped
+/// first, and the release store here pairs with the acquire load in
+/// `decommit`, so no decommit that did not zero is taken for one that did.
+pub fn set_decommit_with_free(free: bool) {
+    if free {
+        crate::GLOBAL.drop_capabilities(Capabilities::ZERO_AFTER_DECOMMIT);
+    }
+    DECOMMIT_WITH_FREE.store(free, Ordering::Release);
+}
 /// Whether segments get `MADV_HUGEPAGE`.
 pub static HUGE_PAGES: AtomicBool = AtomicBool::new(false);
 /// Place aligned reservations (segments) at random addresses
@@ -261,7 +277,7 @@ unsafe impl PageProvider for MmapProvider {
             | Capabilities::CAN_DECOMMIT
             | Capabilities::ENTROPY
             | Capabilities::CLOCK;
-        if !DECOMMIT_WITH_FREE.load(Ordering::Relaxed) {
+        if !DECOMMIT_WITH_FREE.load(Ordering::Acquire) {
             c |= Capabilities::ZERO_AFTER_DECOMMIT;
         }
         if HUGE_PAGES.load(Ordering::Relaxed) {
@@ -302,7 +318,7 @@ unsafe impl PageProvider for MmapProvider {
     }
 
     unsafe fn decommit(&self, ptr: NonNull<u8>, len: usize) {
-        let advice = if DECOMMIT_WITH_FREE.load(Ordering::Relaxed) {
+        let advice = if DECOMMIT_WITH_FREE.load(Ordering::Acquire) {
             libc::MADV_FREE
         } else {
             libc::MADV_DONTNEED

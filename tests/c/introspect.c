@@ -14,12 +14,17 @@
  *   atexit   apex_ctl and the walk from an exit handler
  *   json     leaves known blocks live (and one thread) for the JSON report
  *            at exit, and prints what the report must say
+ *   decommit after opt.decommit is switched to "free" at run time (and
+ *            back), memory returned by malloc_trim is no longer taken
+ *            for zero: calloc over it is zeroed (MADV_FREE keeps the old
+ *            contents until the kernel needs the pages)
  * Prints "<subtest>: ok" and exits 0 on success. Functions are looked up
  * with dlsym, so the program runs under any preloaded library (the driver
  * only runs it under ApexAlloc). */
 #include "common.h"
 
 #include <dlfcn.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <sys/mman.h>
@@ -750,6 +755,40 @@ static void test_json(void) {
     printf("json: ok\n");
 }
 
+/* Fills `n` bytes, frees them, returns them to the system and checks that
+ * calloc of the same size over that memory reads as zero; `what` names the
+ * round in a failure. A second block stays live so the memory stays in the
+ * allocator's segment (and the calloc lands there). */
+static void calloc_after_trim(size_t n, const char *what) {
+    unsigned char *keep = malloc(opaque(100));
+    unsigned char *p = malloc(opaque(n));
+    CHECK(keep != NULL && p != NULL);
+    memset(p, 0xAB, n);
+    free(p);
+    malloc_trim(0);
+    unsigned char *q = calloc(1, opaque(n));
+    CHECK(q != NULL);
+    for (size_t i = 0; i < n; i += 512)
+        CHECKF(q[i] == 0, "%s: calloc(%zu) byte %zu is %#x (p %p, q %p)", what, n, i, q[i],
+               (void *)p, (void *)q);
+    free(q);
+    free(keep);
+}
+
+static void test_decommit(void) {
+    calloc_after_trim(1 << 20, "dontneed");
+    calloc_after_trim(64 << 20, "dontneed, huge");
+    const char *word = "free";
+    CHECK(ctl("opt.decommit", NULL, NULL, &word, sizeof word) == 0);
+    calloc_after_trim(1 << 20, "free");
+    calloc_after_trim(64 << 20, "free, huge");
+    word = "dontneed";
+    CHECK(ctl("opt.decommit", NULL, NULL, &word, sizeof word) == 0);
+    calloc_after_trim(1 << 20, "back to dontneed");
+    calloc_after_trim(64 << 20, "back to dontneed, huge");
+    printf("decommit: ok\n");
+}
+
 int main(int argc, char **argv) {
     const char *what = argc > 1 ? argv[1] : "";
     lookup();
@@ -762,6 +801,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(what, "fork")) test_fork();
     else if (!strcmp(what, "atexit")) test_atexit();
     else if (!strcmp(what, "json")) test_json();
+    else if (!strcmp(what, "decommit")) test_decommit();
     else CHECKF(0, "unknown subtest '%s'", what);
     fflush(stdout);
     return 0;

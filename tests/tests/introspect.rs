@@ -58,6 +58,13 @@ fn every_error_path_returns_its_error_and_never_crashes() {
     subtest("errors");
 }
 
+/// `opt.decommit` switched to `free` at run time: memory given back with
+/// `MADV_FREE` keeps its contents, so calloc must not take it for zero.
+#[test]
+fn calloc_is_zeroed_after_decommit_switches_to_free() {
+    subtest("decommit");
+}
+
 #[test]
 fn values_follow_the_program_and_options_write_back() {
     subtest("values");
