@@ -88,32 +88,33 @@ impl LiveMap {
         const GRANULE_SHIFT: u32 = MIN_ALIGN.trailing_zeros();
         let granule = (addr & SEGMENT_MASK) >> GRANULE_SHIFT;
         let base = self.words.as_mut_ptr();
-        let old: u8;
         // SAFETY: `granule < LIVE_WORDS * 64` (the address is masked into
         // the segment), so the instruction reads and writes only
         // `words[granule / 64]`, which `&mut self` lets us change.
+        // The carry flag (the old bit) is branched on inside the `asm!`,
+        // so the caller's test of the result folds into that one jump.
         unsafe {
             if SET {
                 core::arch::asm!(
                     "bts qword ptr [{base}], {granule}",
-                    "setc {old}",
+                    "jc {was_set}",
                     base = in(reg) base,
                     granule = in(reg) granule,
-                    old = out(reg_byte) old,
+                    was_set = label { return true; },
                     options(nostack),
                 );
             } else {
                 core::arch::asm!(
                     "btr qword ptr [{base}], {granule}",
-                    "setc {old}",
+                    "jc {was_set}",
                     base = in(reg) base,
                     granule = in(reg) granule,
-                    old = out(reg_byte) old,
+                    was_set = label { return true; },
                     options(nostack),
                 );
             }
         }
-        old != 0
+        false
     }
 
     /// [`LiveMap::clear`] in plain Rust.
