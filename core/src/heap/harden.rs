@@ -109,7 +109,12 @@ impl Heap {
         // SAFETY: the caller's contract.
         unsafe {
             let first = (*page).start + (*page).carved;
-            let shuffle = if self.harden.contains(Mitigations::WIDE_SHUFFLE) {
+            // A carve of blocks above half its bytes holds one block: no
+            // order to shuffle (and no division to pay for it).
+            let one_block = (*page).block_size > EXTEND_BYTES / 2;
+            let shuffle = if one_block {
+                None
+            } else if self.harden.contains(Mitigations::WIDE_SHUFFLE) {
                 Some((&mut self.rng, usize::MAX))
             } else if self.harden.contains(Mitigations::SHUFFLE) {
                 Some((&mut self.rng, shuffle_group((*page).block_size)))
