@@ -709,6 +709,21 @@ impl Global {
                 self.misuse(Misuse::DoubleFree, b, None);
             }
         }
+        if self.mitigations().contains(Mitigations::LARGE_GUARDS) {
+            // The guard pages after its large blocks go, or the next block
+            // carved over one would fault.
+            // SAFETY: the caller's contract: the tiling is stable.
+            for (idx, n) in unsafe { Segment::spans(seg) } {
+                // SAFETY: as above.
+                let d = unsafe { &(*seg).slices[idx] };
+                let (span_end, block_end) = (d.start + n * SLICE_SIZE, d.start + d.block_size);
+                if d.kind == SpanKind::Large && span_end > block_end {
+                    // SAFETY: the guard lies inside the segment, and nothing
+                    // uses it.
+                    unsafe { self.protect(block_end, span_end - block_end, true) };
+                }
+            }
+        }
         // SAFETY: the caller's contract.
         let freed = unsafe { (*seg).free_all_spans() };
         self.stats.sub_active(freed * SLICE_SIZE);
