@@ -553,9 +553,14 @@ impl Heap {
             // can reach them: each block is checked to be a block of one of
             // our own segments before it is read.
             let seg = segment_base_of(b as usize) as *mut Segment;
+            // The map takes addresses modulo 2^48: an overwritten link may
+            // be non-canonical and alias a live segment's entry, so that
+            // is ruled out first.
+            let canonical = ((((b as usize) << 16) as isize) >> 16) as usize == b as usize;
             // SAFETY: the segment is read only once the map says it is
-            // live.
-            let ours = segment_map::contains(seg as usize)
+            // live (and the address is one the map can speak for).
+            let ours = canonical
+                && segment_map::contains(seg as usize)
                 && unsafe { !(*seg).is_huge && (*seg).owner() == self.id() };
             let found = if ours {
                 // SAFETY: a live segment of ours.
