@@ -226,7 +226,7 @@ impl KernelAlloc {
     }
 
     /// A chunk an instance no longer uses goes back to the provider.
-    fn give_back(&self, chunk: Option<Chunk>) {
+    pub(crate) fn give_back(&self, chunk: Option<Chunk>) {
         if let Some(c) = chunk {
             // SAFETY: the chunk is exactly a reservation `grow` made, and
             // the instance holds nothing in it any more.

@@ -51,7 +51,7 @@ use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{compiler_fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use apex_core::fit::{self, Fit, RemoteFrees};
+use apex_core::fit::{self, Checked, Fit, QuickPop, QuickPush, RemoteFrees};
 use apex_core::layout::MIN_ALIGN;
 use apex_core::{Global, Heap, Snapshot};
 use spin::Mutex;
@@ -303,6 +303,32 @@ impl KernelAlloc {
         // before it is cleared), as seen by an interrupt on this CPU.
         compiler_fence(Ordering::SeqCst);
         Some(Entered { slot, who: i })
+    }
+
+    /// Enters the calling CPU's slot for the inline fast paths, which
+    /// serve blocks from its best-fit instance's quick lists: `None` when
+    /// blocks may go to the slab heaps (a slab limit above 0), the CPU has
+    /// no index or is inside its heaps already, or it has no instance yet.
+    /// Whatever declines here takes the full path, which does the same
+    /// work with every case handled.
+    #[inline(always)]
+    fn enter_fit(&self) -> Option<(Entered<'_>, NonNull<Fit>)> {
+        if self.slab_limit.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        let i = (self.cpu_index)()?;
+        let slot = self.heaps.get(i)?;
+        // As in `enter_local`; a busy slot is counted by the full path.
+        if slot.busy.load(Ordering::Relaxed) {
+            return None;
+        }
+        slot.busy.store(true, Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        let entered = Entered { slot, who: i };
+        // SAFETY: the flag is set: nothing else on this CPU is inside the
+        // slot, and no other CPU uses it.
+        let fit = unsafe { (*slot.local.get()).fit }?;
+        Some((entered, fit))
     }
 
     /// Runs `f` on the shared heaps, with interrupts masked while their
@@ -700,7 +726,21 @@ unsafe fn core_block(p: *mut u8) -> bool {
 unsafe impl GlobalAlloc for KernelAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.alloc_routed(layout.size(), layout.align(), false)
+        // The fast path: a block of the request's size that this CPU freed
+        // and cached. Everything else runs out of line, from the entry on.
+        if let Some((entered, fit)) = self.enter_fit() {
+            let (size, align) = (layout.size(), layout.align());
+            // SAFETY: the slot is entered: its instance is ours alone.
+            return match unsafe { (*fit.as_ptr()).try_pop_quick(size, align) } {
+                QuickPop::Block(p) => {
+                    entered.slot.counts.alloc();
+                    p
+                }
+                QuickPop::Bins => self.alloc_entered(entered, fit, size, align, true),
+                QuickPop::Check => self.alloc_entered(entered, fit, size, align, false),
+            };
+        }
+        self.alloc_slow(layout.size(), layout.align())
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
@@ -709,6 +749,162 @@ unsafe impl GlobalAlloc for KernelAlloc {
 
     #[inline]
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        // The fast path: a block of this CPU's instance waits on its quick
+        // list. Everything else (and every misuse) runs out of line.
+        if let Some((entered, fit)) = self.enter_fit() {
+            // SAFETY: the slot is entered; `p` is a live block of ours
+            // (the caller's contract), so its header is readable.
+            return match unsafe { (*fit.as_ptr()).try_push_quick(p) } {
+                QuickPush::Cached => entered.slot.counts.free(),
+                // SAFETY: checked by this instance just now.
+                QuickPush::Bins(block) => unsafe { self.free_checked(entered, fit, block) },
+                // SAFETY: forwarded.
+                QuickPush::Declined => unsafe { self.dealloc_entered(entered, p, layout) },
+            };
+        }
+        // SAFETY: forwarded.
+        unsafe { self.dealloc_slow(p, layout) }
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if let Some((entered, fit)) = self.enter_fit() {
+            // SAFETY: forwarded; the slot is entered.
+            return unsafe { self.realloc_entered(entered, fit, p, layout, new_size) };
+        }
+        // SAFETY: forwarded.
+        unsafe { self.realloc_routed(p, layout, new_size) }
+    }
+}
+
+impl KernelAlloc {
+    /// [`GlobalAlloc::alloc`] past its fast path, in the slot it entered.
+    /// `fit` is the slot's instance, whose quick list had nothing
+    /// (`bins`: go to its bins) or a head that looked wrong (then
+    /// [`Fit::alloc`] pops it again and reports a corrupted list).
+    #[inline(never)]
+    fn alloc_entered(
+        &self,
+        mut entered: Entered<'_>,
+        fit: NonNull<Fit>,
+        size: usize,
+        align: usize,
+        bins: bool,
+    ) -> *mut u8 {
+        // SAFETY: the slot is entered: its instance is ours alone.
+        let f = unsafe { &mut *fit.as_ptr() };
+        let got = if bins {
+            f.alloc_binned(size, align)
+        } else {
+            f.alloc(size, align)
+        };
+        let p = match got {
+            Ok(p) if !p.is_null() => {
+                entered.slot.counts.alloc();
+                p
+            }
+            Ok(_) => self.alloc_big_slow(&mut entered.slot(), size, align, false),
+            Err(m) => self.fit_misuse(m, None),
+        };
+        drop(entered);
+        if !p.is_null() {
+            return p;
+        }
+        self.out_of_memory(size, align, false)
+    }
+
+    /// [`GlobalAlloc::dealloc`] of a block of the slot's own instance that
+    /// goes to its bins, in the slot it entered.
+    ///
+    /// # Safety
+    /// `block` came from `fit`'s [`Fit::try_push_quick`] just now; `fit`
+    /// is the entered slot's instance.
+    #[inline(never)]
+    unsafe fn free_checked(&self, entered: Entered<'_>, fit: NonNull<Fit>, block: Checked) {
+        entered.slot.counts.free();
+        // SAFETY: the caller's contract; the slot is entered.
+        match unsafe { (*fit.as_ptr()).free_checked(block) } {
+            Ok(None) => {}
+            Ok(chunk) => self.give_back(chunk),
+            Err(m) => self.fit_misuse(m, None),
+        }
+    }
+
+    /// [`GlobalAlloc::dealloc`] of a block the slot's quick lists declined
+    /// (another CPU's, or misuse, which the full path reports), in the
+    /// slot it entered.
+    ///
+    /// # Safety
+    /// `p` is a live block of ours with this layout, freed once.
+    #[inline(never)]
+    unsafe fn dealloc_entered(&self, mut entered: Entered<'_>, p: *mut u8, layout: Layout) {
+        // SAFETY: forwarded.
+        unsafe { self.free_on(&mut entered.slot(), p, layout) }
+    }
+
+    /// [`GlobalAlloc::realloc`] of a block of the slot's own instance, in
+    /// the slot it entered: in place when the neighbour allows, else moved
+    /// to a block of the instance's lists. Anything else (another CPU's
+    /// block, no free block that fits) takes the full path.
+    ///
+    /// # Safety
+    /// As [`GlobalAlloc::realloc`]; `fit` is the entered slot's instance.
+    #[inline(always)]
+    unsafe fn realloc_entered(
+        &self,
+        entered: Entered<'_>,
+        fit: NonNull<Fit>,
+        p: *mut u8,
+        layout: Layout,
+        new_size: usize,
+    ) -> *mut u8 {
+        // SAFETY: `p` is a live block of ours (the caller's contract), and
+        // with no slab limit every block is a best-fit block, headed; the
+        // slot is entered, so its instance is ours alone.
+        unsafe {
+            if fit::owner_of(p) == Some(entered.who) {
+                let f = &mut *fit.as_ptr();
+                match f.resize(p, new_size) {
+                    Ok(true) => return p,
+                    Ok(false) => {}
+                    Err(m) => self.fit_misuse(m, None),
+                }
+                let q = f
+                    .alloc(new_size, layout.align())
+                    .unwrap_or_else(|m| self.fit_misuse(m, None));
+                if !q.is_null() {
+                    ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
+                    let freed = match f.try_push_quick(p) {
+                        QuickPush::Cached => Ok(None),
+                        QuickPush::Bins(block) => f.free_checked(block),
+                        // Not after `resize` checked it; `free` says why.
+                        QuickPush::Declined => f.free(p),
+                    };
+                    match freed {
+                        Ok(chunk) => self.give_back(chunk),
+                        Err(m) => self.fit_misuse(m, None),
+                    }
+                    entered.slot.counts.alloc();
+                    entered.slot.counts.free();
+                    return q;
+                }
+            }
+            drop(entered);
+            self.realloc_routed(p, layout, new_size)
+        }
+    }
+
+    /// [`GlobalAlloc::alloc`] past its fast path.
+    #[inline(never)]
+    fn alloc_slow(&self, size: usize, align: usize) -> *mut u8 {
+        self.alloc_routed(size, align, false)
+    }
+
+    /// [`GlobalAlloc::dealloc`] past its fast path.
+    ///
+    /// # Safety
+    /// `p` is a live block of ours with this layout, freed once.
+    #[inline(never)]
+    unsafe fn dealloc_slow(&self, p: *mut u8, layout: Layout) {
         match self.enter_local() {
             // SAFETY: `p` is a live block of ours with this layout, freed
             // once.
@@ -718,7 +914,11 @@ unsafe impl GlobalAlloc for KernelAlloc {
         }
     }
 
-    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+    /// [`GlobalAlloc::realloc`].
+    ///
+    /// # Safety
+    /// As [`GlobalAlloc::realloc`].
+    unsafe fn realloc_routed(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let align = layout.align();
         let keep = layout.size().min(new_size);
         // SAFETY: `p` is a live block of ours (the caller's contract).

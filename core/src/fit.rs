@@ -152,6 +152,39 @@ pub struct FitStats {
 /// A misuse found by a free or resize: what, and the address.
 pub type FitMisuse = (Misuse, usize);
 
+/// What [`Fit::try_pop_quick`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuickPop {
+    /// A cached block of the request's size, handed out.
+    Block(*mut u8),
+    /// No cached block serves the request: it goes to the bins
+    /// ([`Fit::alloc_binned`]).
+    Bins,
+    /// The list's head looks corrupted: [`Fit::alloc`] reports it.
+    Check,
+}
+
+/// What [`Fit::try_push_quick`] did with a block.
+#[derive(Debug, PartialEq, Eq)]
+pub enum QuickPush {
+    /// It waits on its quick list.
+    Cached,
+    /// A used block of the instance that goes to the bins: for
+    /// [`Fit::free_checked`].
+    Bins(Checked),
+    /// Not a used block of this instance (or misuse): for [`Fit::free`].
+    Declined,
+}
+
+/// A used block of an instance whose header [`Fit::try_push_quick`]
+/// checked.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Checked {
+    p: *mut u8,
+    b: usize,
+    h: usize,
+}
+
 /// One best-fit instance. All-zero bytes are not valid: create it with
 /// [`Fit::init`].
 pub struct Fit {
@@ -370,9 +403,110 @@ impl Fit {
         self.alloc_binned(size, align)
     }
 
-    /// [`Fit::alloc`] from the bins.
+    /// The quick-list pop alone, for a frontend's inline fast path: a
+    /// cached block of the request's size, or where the request goes
+    /// instead. Nothing is written before the head's header and link have
+    /// been checked, and a head that looks wrong in any way is left for
+    /// [`Fit::alloc`], which pops the same head and reports a corrupted
+    /// list; so this path needs no error value.
+    #[inline(always)]
+    pub fn try_pop_quick(&mut self, size: usize, align: usize) -> QuickPop {
+        if align > GRANULE || size > QUICK_MAX - HEADER {
+            return QuickPop::Bins;
+        }
+        let need = ((size + HEADER + GRANULE - 1) & !(GRANULE - 1)).max(MIN_BLOCK);
+        let i = need / GRANULE;
+        // SAFETY: `i < QUICK_LISTS`; a non-zero head is a cached block of
+        // ours unless a link was overwritten, which the header and link
+        // checks catch before anything is written.
+        unsafe {
+            let b = *self.quick.get_unchecked(i);
+            if b == 0 {
+                return QuickPop::Bins;
+            }
+            let h = rd(b);
+            if h & !(FREE | PREV_FREE | FIRST) != need | CACHED | self.mark {
+                return QuickPop::Check;
+            }
+            let next = rd(b + HEADER) ^ self.key ^ b;
+            if !near(next, b) {
+                return QuickPop::Check;
+            }
+            *self.quick.get_unchecked_mut(i) = next;
+            *self.quick_len.get_unchecked_mut(i) -= 1;
+            wr(b, h & !CACHED);
+            self.stats.cached -= need;
+            QuickPop::Block((b + HEADER) as *mut u8)
+        }
+    }
+
+    /// The quick-list push alone, for a frontend's inline fast path:
+    /// [`QuickPush::Cached`] when `p`, a used block of this instance of a
+    /// quick-listed size, now waits on its list; [`QuickPush::Bins`] with
+    /// the checked block when it is a used block of this instance that the
+    /// lists do not take (too big, or its list or the budget is full), for
+    /// [`Fit::free_checked`]; [`QuickPush::Declined`] for anything else
+    /// (another instance's block, and every misuse: a free or cached block,
+    /// a header without this instance's mark), which the caller hands to
+    /// [`Fit::free`] or its owner, and which `free` reports.
+    ///
+    /// # Safety
+    /// The 8 bytes before `p` are readable; if `p` is a live block of this
+    /// instance it is not used afterwards.
+    #[inline(always)]
+    pub unsafe fn try_push_quick(&mut self, p: *mut u8) -> QuickPush {
+        let b = (p as usize).wrapping_sub(HEADER);
+        // SAFETY: the caller's contract: the header word is readable; once
+        // it carries this instance's mark with `FREE` and `CACHED` clear,
+        // the block is a used block of ours (as in `live_block`).
+        unsafe {
+            let h = rd(b);
+            // One compare: the pattern, the owner, and neither free nor
+            // cached.
+            if h & !(SIZE_MASK | PREV_FREE | FIRST) != self.mark {
+                return QuickPush::Declined;
+            }
+            let s = h & SIZE_MASK;
+            if s.wrapping_sub(MIN_BLOCK) > QUICK_MAX - MIN_BLOCK {
+                // Also a size below the smallest block: not a block of
+                // ours, whatever its header says.
+                return if s < MIN_BLOCK {
+                    QuickPush::Declined
+                } else {
+                    QuickPush::Bins(Checked { p, b, h })
+                };
+            }
+            let i = s / GRANULE;
+            let len = self.quick_len.get_unchecked_mut(i);
+            if self.stats.cached + s > self.quick_budget || *len >= QUICK_DEPTH {
+                return QuickPush::Bins(Checked { p, b, h });
+            }
+            *len += 1;
+            let head = self.quick.get_unchecked_mut(i);
+            wr(b + HEADER, *head ^ self.key ^ b);
+            *head = b;
+            wr(b, h | CACHED);
+            self.stats.cached += s;
+            QuickPush::Cached
+        }
+    }
+
+    /// Frees a block [`Fit::try_push_quick`] checked and left to the bins,
+    /// merging it with its free neighbours: as [`Fit::free`].
+    ///
+    /// # Safety
+    /// `block` came from this instance's `try_push_quick`, and nothing
+    /// freed or resized the block since.
+    #[inline(always)]
+    pub unsafe fn free_checked(&mut self, block: Checked) -> Result<Option<Chunk>, FitMisuse> {
+        // SAFETY: the caller's contract: the header was checked.
+        unsafe { self.release_binned(block.p, block.b, block.h) }
+    }
+
+    /// [`Fit::alloc`] from the bins alone: for a caller whose
+    /// [`Fit::try_pop_quick`] said [`QuickPop::Bins`].
     #[inline(never)]
-    fn alloc_binned(&mut self, size: usize, align: usize) -> Result<*mut u8, FitMisuse> {
+    pub fn alloc_binned(&mut self, size: usize, align: usize) -> Result<*mut u8, FitMisuse> {
         let Some(need) = block_size_for(size) else {
             return Ok(ptr::null_mut());
         };

@@ -417,3 +417,67 @@ fn quick_lists_hand_blocks_back_and_give_them_up_when_memory_is_short() {
     }
     assert_eq!(f.alloc(100, 16).unwrap_err().0, Misuse::FreeListCorruption);
 }
+
+/// The frontend's inline fast paths (`try_push_quick`, `try_pop_quick`)
+/// serve exactly what `free` and `alloc` would from the quick lists, send
+/// checked blocks to the bins, and decline everything else, misuse
+/// included, which the full paths then report.
+#[test]
+fn quick_fast_paths_serve_cached_blocks_and_decline_everything_else() {
+    let mut f = with_quick(7, 1, 1024);
+    let len = 64 * 1024;
+    // SAFETY: fresh memory, ours.
+    unsafe { f.add_chunk(memory(len), len, 0) };
+    let a = f.alloc_ok(200, 16);
+    let b = f.alloc_ok(200, 16);
+    let big = f.alloc_ok(5000, 16);
+    // SAFETY: live blocks of `f` and of `g`; the misuse below is declined.
+    unsafe {
+        // Nothing cached yet: to the bins.
+        assert_eq!(f.try_pop_quick(200, 16), QuickPop::Bins);
+        assert_eq!(f.try_push_quick(a), QuickPush::Cached);
+        assert_eq!(f.stats().cached, block_size_for(200).unwrap());
+        // Freed twice: declined, and `free` reports it.
+        assert_eq!(f.try_push_quick(a), QuickPush::Declined);
+        assert_eq!(f.free(a), Err((Misuse::DoubleFree, a as usize)));
+        // Above the quick sizes: checked, then freed into the bins.
+        let QuickPush::Bins(block) = f.try_push_quick(big) else {
+            panic!("a 5000-byte block is not quick-listed")
+        };
+        assert_eq!(f.free_checked(block), Ok(None));
+        assert_eq!(f.free(big), Err((Misuse::DoubleFree, big as usize)));
+        // Another instance's block: declined.
+        let mut g = with_quick(8, 1, 1024);
+        g.add_chunk(memory(len), len, 0);
+        let x = g.alloc_ok(200, 16);
+        assert_eq!(f.try_push_quick(x), QuickPush::Declined);
+        assert_eq!(g.try_push_quick(x), QuickPush::Cached);
+        // An interior pointer: its "header" is payload bytes.
+        fill(b, 200, 0x22);
+        assert_eq!(f.try_push_quick(b.add(32)), QuickPush::Declined);
+        // A stronger alignment or another size goes to the bins.
+        assert_eq!(f.try_pop_quick(200, 64), QuickPop::Bins);
+        assert_eq!(f.try_pop_quick(300, 16), QuickPop::Bins);
+        // The same size gets the same block back.
+        assert_eq!(f.try_pop_quick(200, 16), QuickPop::Block(a));
+        assert_eq!(f.stats().cached, 0);
+        // Over the budget (1 KiB): the fourth 300-byte block goes to the
+        // bins.
+        let blocks: Vec<_> = (0..4).map(|_| f.alloc_ok(300, 16)).collect();
+        for &p in &blocks[..3] {
+            assert_eq!(f.try_push_quick(p), QuickPush::Cached);
+        }
+        let QuickPush::Bins(block) = f.try_push_quick(blocks[3]) else {
+            panic!("the budget is full")
+        };
+        f.free_checked(block).unwrap();
+        f.verify().unwrap();
+        // An overwritten link: the pop declines without writing, and
+        // `alloc` reports it.
+        let head = blocks[2];
+        *(head as *mut usize) = a as usize + 64;
+        assert_eq!(f.try_pop_quick(300, 16), QuickPop::Check);
+        assert_eq!(f.stats().cached, 3 * block_size_for(300).unwrap());
+        assert_eq!(f.alloc(300, 16).unwrap_err().0, Misuse::FreeListCorruption);
+    }
+}
