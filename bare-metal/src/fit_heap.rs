@@ -41,7 +41,7 @@ use apex_core::harden::Mitigations;
 use apex_core::provider::{PageProvider, PAGE_SIZE};
 
 use crate::kernel_alloc::{KernelAlloc, Local, Slot};
-use crate::percpu::MAX_CPUS;
+use crate::percpu::{CpuIndex, MAX_CPUS};
 
 /// The chunk size an instance asks for first (a power of two, so a chunk
 /// is exactly one buddy block).
@@ -71,7 +71,7 @@ pub(crate) struct RemoteSlot(pub(crate) RemoteFrees);
 /// Bytes reserved for an instance's state.
 const STATE_BYTES: usize = size_of::<Fit>().next_multiple_of(PAGE_SIZE);
 
-impl KernelAlloc {
+impl<C: CpuIndex> KernelAlloc<C> {
     fn provider(&self) -> &'static dyn PageProvider {
         self.global().provider()
     }
@@ -115,6 +115,11 @@ impl KernelAlloc {
                 )
             };
             l.fit = Some(state);
+            // The slab limit is final once best fit serves a block (see
+            // `fit_allowed`, which runs first).
+            if self.slab_limit.load(Ordering::Relaxed) == 0 {
+                l.quick = l.fit;
+            }
             crate::log_debug!("KernelAlloc: fit instance {=usize} created", owner);
         }
         // SAFETY: the caller holds the slot exclusively (its CPU's flag or
@@ -339,6 +344,7 @@ impl KernelAlloc {
     /// None of the instance's blocks is used again (all were freed, or
     /// are abandoned with it).
     pub(crate) unsafe fn fit_destroy(&self, l: &mut Local, owner: usize) {
+        l.quick = None;
         let Some(f) = l.fit.take() else { return };
         // Blocks waiting on the stack are the instance's; dropped with it.
         let _ = self.remote[owner].0.take();

@@ -30,18 +30,19 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
 use core::sync::atomic::{AtomicBool, Ordering};
 
+use crate::percpu::{CpuIndex, IndexFn};
 use crate::{EarlyHeap, KernelAlloc};
 
 /// The early heap until [`HandOver::switch`], the per-CPU heaps after.
-pub struct HandOver {
+pub struct HandOver<C: CpuIndex + 'static = IndexFn> {
     early: &'static EarlyHeap,
-    heaps: &'static KernelAlloc,
+    heaps: &'static KernelAlloc<C>,
     switched: AtomicBool,
 }
 
-impl HandOver {
+impl<C: CpuIndex> HandOver<C> {
     /// Serves allocations from `early` until [`HandOver::switch`].
-    pub const fn new(early: &'static EarlyHeap, heaps: &'static KernelAlloc) -> Self {
+    pub const fn new(early: &'static EarlyHeap, heaps: &'static KernelAlloc<C>) -> Self {
         HandOver {
             early,
             heaps,
@@ -67,7 +68,7 @@ impl HandOver {
     }
 
     /// The per-CPU heaps.
-    pub fn heaps(&self) -> &'static KernelAlloc {
+    pub fn heaps(&self) -> &'static KernelAlloc<C> {
         self.heaps
     }
 }
@@ -76,7 +77,7 @@ impl HandOver {
 // the one that owns it (`early.contains` is true exactly for the early
 // heap's blocks);
 // `realloc` either stays within one allocator or moves the contents.
-unsafe impl GlobalAlloc for HandOver {
+unsafe impl<C: CpuIndex> GlobalAlloc for HandOver<C> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if self.switched() {

@@ -58,7 +58,7 @@ use spin::Mutex;
 
 use crate::fit_heap::{RemoteSlot, OWNERS, SHARED};
 use crate::irq;
-use crate::percpu::MAX_CPUS;
+use crate::percpu::{CpuIndex, IndexFn, MAX_CPUS};
 
 /// The default slab limit: no block goes to the slab heaps, every one is
 /// cut to size by best fit (see [`KernelAlloc::with_slab_limit`]).
@@ -128,6 +128,9 @@ pub(crate) struct Local {
     pub(crate) heap: Option<NonNull<Heap>>,
     /// The best-fit instance (see [`crate::fit_heap`]).
     pub(crate) fit: Option<NonNull<Fit>>,
+    /// The best-fit instance when the inline fast paths may serve every
+    /// request from it (no slab limit), else `None`: one load tells both.
+    pub(crate) quick: Option<NonNull<Fit>>,
 }
 
 impl Local {
@@ -135,6 +138,7 @@ impl Local {
         Local {
             heap: None,
             fit: None,
+            quick: None,
         }
     }
 }
@@ -187,12 +191,13 @@ impl Drop for Entered<'_> {
     }
 }
 
-/// Per-CPU heaps over one allocator instance.
-pub struct KernelAlloc {
+/// Per-CPU heaps over one allocator instance; `C` tells the running CPU
+/// (see [`CpuIndex`]: a function by default).
+pub struct KernelAlloc<C: CpuIndex = IndexFn> {
     global: &'static Global,
-    /// Returns the calling CPU's dense index (below `MAX_CPUS`), or `None`
-    /// if it has none yet. Kernels usually read it from per-CPU data.
-    cpu_index: fn() -> Option<usize>,
+    /// The calling CPU's dense index (below `MAX_CPUS`), or `None` if it
+    /// has none yet. Kernels usually read it from per-CPU data.
+    cpu_index: C,
     /// Blocks up to this size and alignment go to the slab heaps: the
     /// limit asked for, or every block when the instance's mitigations
     /// need the slab heaps' out-of-line paths (set at the first best-fit
@@ -221,13 +226,15 @@ const OOM_RETRIES: usize = 8;
 // SAFETY: a CPU slot's heaps are used only by its own CPU while its `busy`
 // flag is set (see `with_local`); the shared heaps are behind a lock; the
 // remote stacks are atomics.
-unsafe impl Sync for KernelAlloc {}
+unsafe impl<C: CpuIndex> Sync for KernelAlloc<C> {}
 
-impl KernelAlloc {
+impl KernelAlloc<IndexFn> {
     /// Per-CPU heaps drawing from `global`; `cpu_index` names the calling
     /// CPU. Every block comes from best fit ([`SLAB_LIMIT`]), unless the
     /// instance's mitigations include canaries, zeroing or quarantines,
     /// which only the slab heaps have: then every block comes from those.
+    /// [`KernelAlloc::with_index`] takes an index that is read inline
+    /// instead of called.
     pub const fn new(global: &'static Global, cpu_index: fn() -> Option<usize>) -> Self {
         Self::with_slab_limit(global, cpu_index, SLAB_LIMIT)
     }
@@ -244,6 +251,15 @@ impl KernelAlloc {
         cpu_index: fn() -> Option<usize>,
         limit: usize,
     ) -> Self {
+        KernelAlloc::with_index(global, IndexFn(cpu_index), limit)
+    }
+}
+
+impl<C: CpuIndex> KernelAlloc<C> {
+    /// [`KernelAlloc::with_slab_limit`] with any [`CpuIndex`], such as
+    /// [`percpu::Registered`](crate::percpu::Registered) or a
+    /// [`percpu::GsField`](crate::percpu::GsField).
+    pub const fn with_index(global: &'static Global, cpu_index: C, limit: usize) -> Self {
         KernelAlloc {
             global,
             cpu_index,
@@ -289,7 +305,7 @@ impl KernelAlloc {
     /// instead of running in a closure called through the stack.
     #[inline(always)]
     fn enter_local(&self) -> Option<Entered<'_>> {
-        let i = (self.cpu_index)()?;
+        let i = self.cpu_index.current()?;
         let slot = self.heaps.get(i)?;
         // Only this CPU reads and writes the flag, so a plain load and
         // store suffice: an interrupt arriving between them runs to
@@ -313,10 +329,7 @@ impl KernelAlloc {
     /// work with every case handled.
     #[inline(always)]
     fn enter_fit(&self) -> Option<(Entered<'_>, NonNull<Fit>)> {
-        if self.slab_limit.load(Ordering::Relaxed) != 0 {
-            return None;
-        }
-        let i = (self.cpu_index)()?;
+        let i = self.cpu_index.current()?;
         let slot = self.heaps.get(i)?;
         // As in `enter_local`; a busy slot is counted by the full path.
         if slot.busy.load(Ordering::Relaxed) {
@@ -327,7 +340,7 @@ impl KernelAlloc {
         let entered = Entered { slot, who: i };
         // SAFETY: the flag is set: nothing else on this CPU is inside the
         // slot, and no other CPU uses it.
-        let fit = unsafe { (*slot.local.get()).fit }?;
+        let fit = unsafe { (*slot.local.get()).quick }?;
         Some((entered, fit))
     }
 
@@ -723,7 +736,7 @@ unsafe fn core_block(p: *mut u8) -> bool {
 // paths, a CPU's own best-fit instance, remote-free pushes. Everything that
 // may take a lock of the core or the page provider runs with interrupts
 // masked, so a handler never interrupts a lock holder on its own CPU.
-unsafe impl GlobalAlloc for KernelAlloc {
+unsafe impl<C: CpuIndex> GlobalAlloc for KernelAlloc<C> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // The fast path: a block of the request's size that this CPU freed
@@ -736,8 +749,8 @@ unsafe impl GlobalAlloc for KernelAlloc {
                     entered.slot.counts.alloc();
                     p
                 }
-                QuickPop::Bins => self.alloc_entered(entered, fit, size, align, true),
-                QuickPop::Check => self.alloc_entered(entered, fit, size, align, false),
+                QuickPop::Bins => self.alloc_entered(entered, size, align, true),
+                QuickPop::Check => self.alloc_entered(entered, size, align, false),
             };
         }
         self.alloc_slow(layout.size(), layout.align())
@@ -757,7 +770,7 @@ unsafe impl GlobalAlloc for KernelAlloc {
             return match unsafe { (*fit.as_ptr()).try_push_quick(p) } {
                 QuickPush::Cached => entered.slot.counts.free(),
                 // SAFETY: checked by this instance just now.
-                QuickPush::Bins(block) => unsafe { self.free_checked(entered, fit, block) },
+                QuickPush::Bins(block) => unsafe { self.free_checked(entered, block) },
                 // SAFETY: forwarded.
                 QuickPush::Declined => unsafe { self.dealloc_entered(entered, p, layout) },
             };
@@ -776,20 +789,25 @@ unsafe impl GlobalAlloc for KernelAlloc {
     }
 }
 
-impl KernelAlloc {
-    /// [`GlobalAlloc::alloc`] past its fast path, in the slot it entered.
-    /// `fit` is the slot's instance, whose quick list had nothing
-    /// (`bins`: go to its bins) or a head that looked wrong (then
-    /// [`Fit::alloc`] pops it again and reports a corrupted list).
+impl<C: CpuIndex> KernelAlloc<C> {
+    /// [`GlobalAlloc::alloc`] past its fast path, in the slot it entered,
+    /// whose instance's quick list had nothing (`bins`: go to its bins) or
+    /// a head that looked wrong (then [`Fit::alloc`] pops it again and
+    /// reports a corrupted list). (Few arguments, so that the fast path
+    /// reaches this by a jump, with no stack frame of its own.)
     #[inline(never)]
     fn alloc_entered(
         &self,
         mut entered: Entered<'_>,
-        fit: NonNull<Fit>,
         size: usize,
         align: usize,
         bins: bool,
     ) -> *mut u8 {
+        let Some(fit) = entered.slot().local.fit else {
+            // SAFETY: the fast path found the instance in this slot, and
+            // nothing takes it away while the slot is entered.
+            unsafe { core::hint::unreachable_unchecked() }
+        };
         // SAFETY: the slot is entered: its instance is ours alone.
         let f = unsafe { &mut *fit.as_ptr() };
         let got = if bins {
@@ -816,10 +834,15 @@ impl KernelAlloc {
     /// goes to its bins, in the slot it entered.
     ///
     /// # Safety
-    /// `block` came from `fit`'s [`Fit::try_push_quick`] just now; `fit`
-    /// is the entered slot's instance.
+    /// `block` came from the entered slot's instance's
+    /// [`Fit::try_push_quick`] just now.
     #[inline(never)]
-    unsafe fn free_checked(&self, entered: Entered<'_>, fit: NonNull<Fit>, block: Checked) {
+    unsafe fn free_checked(&self, mut entered: Entered<'_>, block: Checked) {
+        let Some(fit) = entered.slot().local.fit else {
+            // SAFETY: the fast path found the instance in this slot, and
+            // nothing takes it away while the slot is entered.
+            unsafe { core::hint::unreachable_unchecked() }
+        };
         entered.slot.counts.free();
         // SAFETY: the caller's contract; the slot is entered.
         match unsafe { (*fit.as_ptr()).free_checked(block) } {

@@ -180,8 +180,9 @@ pub enum QuickPush {
 /// checked.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Checked {
-    p: *mut u8,
+    /// The block (its header's address).
     b: usize,
+    /// Its header.
     h: usize,
 }
 
@@ -411,11 +412,13 @@ impl Fit {
     /// list; so this path needs no error value.
     #[inline(always)]
     pub fn try_pop_quick(&mut self, size: usize, align: usize) -> QuickPop {
-        if align > GRANULE || size > QUICK_MAX - HEADER {
+        // The list of the smallest block that holds `size` (a size is at
+        // most `isize::MAX`, so the sum does not overflow).
+        let i = (size + HEADER).div_ceil(GRANULE).max(MIN_BLOCK / GRANULE);
+        if align > GRANULE || i >= QUICK_LISTS {
             return QuickPop::Bins;
         }
-        let need = ((size + HEADER + GRANULE - 1) & !(GRANULE - 1)).max(MIN_BLOCK);
-        let i = need / GRANULE;
+        let need = i * GRANULE;
         // SAFETY: `i < QUICK_LISTS`; a non-zero head is a cached block of
         // ours unless a link was overwritten, which the header and link
         // checks catch before anything is written.
@@ -473,13 +476,13 @@ impl Fit {
                 return if s < MIN_BLOCK {
                     QuickPush::Declined
                 } else {
-                    QuickPush::Bins(Checked { p, b, h })
+                    QuickPush::Bins(Checked { b, h })
                 };
             }
             let i = s / GRANULE;
             let len = self.quick_len.get_unchecked_mut(i);
             if self.stats.cached + s > self.quick_budget || *len >= QUICK_DEPTH {
-                return QuickPush::Bins(Checked { p, b, h });
+                return QuickPush::Bins(Checked { b, h });
             }
             *len += 1;
             let head = self.quick.get_unchecked_mut(i);
@@ -500,7 +503,7 @@ impl Fit {
     #[inline(always)]
     pub unsafe fn free_checked(&mut self, block: Checked) -> Result<Option<Chunk>, FitMisuse> {
         // SAFETY: the caller's contract: the header was checked.
-        unsafe { self.release_binned(block.p, block.b, block.h) }
+        unsafe { self.release_binned((block.b + HEADER) as *mut u8, block.b, block.h) }
     }
 
     /// [`Fit::alloc`] from the bins alone: for a caller whose
@@ -948,6 +951,7 @@ impl Fit {
     ///
     /// # Safety
     /// As [`Fit::free`]; the block stays live.
+    #[inline(always)]
     pub unsafe fn resize(&mut self, p: *mut u8, new_size: usize) -> Result<bool, FitMisuse> {
         let Some(need) = block_size_for(new_size) else {
             return Ok(false);

@@ -14,6 +14,7 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::cell::{Cell, UnsafeCell};
 use std::ptr::{self, NonNull};
 
+use apex_bare_metal::percpu::CpuIndex;
 use apex_bare_metal::{BuddyProvider, KernelAlloc};
 use apex_core::{Global, Heap};
 
@@ -62,6 +63,10 @@ pub const ALL: &[Named] = &[
         build: apex_kernel,
     },
     Named {
+        name: "apex KernelAlloc, index by function",
+        build: apex_kernel_index_fn,
+    },
+    Named {
         name: "apex KernelAlloc, slabs ≤ 512 B",
         build: apex_kernel_slabs,
     },
@@ -90,11 +95,23 @@ pub fn set_cpu(index: usize) {
     CPU.with(|c| c.set(index));
 }
 
-/// The `cpu_index` function `KernelAlloc` is built with: a thread-local
-/// read, what a kernel's `gs`-relative per-CPU field costs.
+/// The calling thread's CPU: a thread-local read, what a kernel's
+/// `gs`-relative per-CPU field costs.
 fn cpu_index() -> Option<usize> {
     let i = CPU.with(|c| c.get());
     (i != usize::MAX).then_some(i)
+}
+
+/// The CPU index `KernelAlloc` is built with: [`cpu_index`], inlined, as
+/// `percpu::GsField` is in a kernel.
+#[derive(Clone, Copy)]
+struct ThreadCpu;
+
+impl CpuIndex for ThreadCpu {
+    #[inline(always)]
+    fn current(&self) -> Option<usize> {
+        cpu_index()
+    }
 }
 
 /// A heap that is not `Send` by itself (raw pointers inside), made so: it is
@@ -335,8 +352,8 @@ fn apex_global(arena: Arena) -> &'static Global {
 /// `KernelAlloc` over the arena, torn down when the trial drops it: the
 /// next trial builds a new instance over the same memory, where none of
 /// this one's segments may still be registered.
-struct ApexKernel {
-    heaps: &'static KernelAlloc,
+struct ApexKernel<C: CpuIndex + 'static> {
+    heaps: &'static KernelAlloc<C>,
     arena: Arena,
 }
 
@@ -352,8 +369,18 @@ fn apex_kernel_slabs_only(arena: Arena) -> Box<dyn GlobalAlloc + Sync> {
     apex_kernel_with(arena, apex_bare_metal::kernel_alloc::SLABS_ONLY)
 }
 
+/// The default layout with the index read through a function pointer
+/// (`KernelAlloc::new`), for what that call costs.
+fn apex_kernel_index_fn(arena: Arena) -> Box<dyn GlobalAlloc + Sync> {
+    let heaps = KernelAlloc::new(apex_global(arena), cpu_index);
+    Box::new(ApexKernel {
+        heaps: Box::leak(Box::new(heaps)),
+        arena,
+    })
+}
+
 fn apex_kernel_with(arena: Arena, slab_limit: usize) -> Box<dyn GlobalAlloc + Sync> {
-    let heaps = KernelAlloc::with_slab_limit(apex_global(arena), cpu_index, slab_limit);
+    let heaps = KernelAlloc::with_index(apex_global(arena), ThreadCpu, slab_limit);
     Box::new(ApexKernel {
         heaps: Box::leak(Box::new(heaps)),
         arena,
@@ -370,7 +397,7 @@ fn assert_no_segments(arena: Arena) {
     }
 }
 
-impl Drop for ApexKernel {
+impl<C: CpuIndex> Drop for ApexKernel<C> {
     fn drop(&mut self) {
         // SAFETY: the shapes free every block before the trial ends, and
         // the trial's threads have finished.
@@ -380,7 +407,7 @@ impl Drop for ApexKernel {
 }
 
 // SAFETY: forwarded to `KernelAlloc`.
-unsafe impl GlobalAlloc for ApexKernel {
+unsafe impl<C: CpuIndex> GlobalAlloc for ApexKernel<C> {
     #[inline]
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         // SAFETY: forwarded.
