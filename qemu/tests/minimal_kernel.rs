@@ -34,7 +34,8 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use apex_bare_metal::percpu;
+use apex_bare_metal::kernel_alloc::SLAB_LIMIT;
+use apex_bare_metal::percpu::{self, Registered};
 use apex_bare_metal::{BuddyProvider, EarlyHeap, HandOver, KernelAlloc};
 use apex_core::provider::{PageProvider, PAGE_SIZE};
 use apex_core::Global;
@@ -52,13 +53,13 @@ qemu_smp!(2);
 static KERNEL_PROVIDER: BuddyProvider = BuddyProvider::new();
 /// The allocator core over those pages.
 static GLOBAL: Global = Global::new(&KERNEL_PROVIDER);
-/// One core heap per CPU, indexed by `percpu::current_cpu_index`.
-static PER_CPU: KernelAlloc = KernelAlloc::new(&GLOBAL, percpu::current_cpu_index);
+/// One heap per CPU, which `percpu`'s registration names (read inline).
+static PER_CPU: KernelAlloc<Registered> = KernelAlloc::with_index(&GLOBAL, Registered, SLAB_LIMIT);
 /// The heap for early boot, before the per-CPU heaps are switched on.
 static EARLY: EarlyHeap = EarlyHeap::empty();
 
 /// The kernel's allocator: `#[global_allocator]` in a kernel of your own.
-static ALLOC: HandOver = HandOver::new(&EARLY, &PER_CPU);
+static ALLOC: HandOver<Registered> = HandOver::new(&EARLY, &PER_CPU);
 
 /// Size of the early heap.
 const EARLY_HEAP_SIZE: usize = 1 << 20;

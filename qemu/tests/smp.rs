@@ -10,9 +10,9 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
-use apex_bare_metal::percpu::{self, MAX_CPUS};
+use apex_bare_metal::percpu::{self, CpuIndex, GsField, MAX_CPUS};
 use apex_core::provider::{PageProvider, PAGE_SIZE};
 use apex_qemu::memory::PROVIDER;
 use apex_qemu::rng::XorShift;
@@ -38,6 +38,38 @@ static KEPT: Mutex<Vec<(usize, usize, usize)>> = Mutex::new(Vec::new());
 static GO: AtomicBool = AtomicBool::new(false);
 static READY: AtomicUsize = AtomicUsize::new(0);
 static SEEN: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// A kernel's per-CPU block as a `gs`-based index sees it: the index is
+/// the `u32` at byte 8.
+#[repr(C)]
+struct PerCpuBlock {
+    self_ptr: u64,
+    index: AtomicU32,
+}
+
+static PER_CPU_BLOCKS: [PerCpuBlock; MAX_CPUS] = [const {
+    PerCpuBlock {
+        self_ptr: 0,
+        index: AtomicU32::new(u32::MAX),
+    }
+}; MAX_CPUS];
+
+/// Points this CPU's `gs` at `base` (`IA32_GS_BASE`).
+///
+/// # Safety
+/// Ring 0; nothing on this CPU relies on the old `gs` base.
+unsafe fn set_gs_base(base: u64) {
+    // SAFETY: the caller's promise; wrmsr touches only that register.
+    unsafe {
+        core::arch::asm!(
+            "wrmsr",
+            in("ecx") 0xc000_0101u32,
+            in("eax") base as u32,
+            in("edx") (base >> 32) as u32,
+            options(nostack, preserves_flags),
+        )
+    };
+}
 
 fn main(info: &'static BootInfo) -> ! {
     run_tests(info, TESTS)
@@ -80,6 +112,20 @@ fn worker(cpu: usize) {
     assert_eq!(unsafe { percpu::register_current_cpu_fast() }, Some(cpu));
     assert_eq!(percpu::index_route(), percpu::fast_route_available());
     assert_eq!(percpu::current_cpu_index(), Some(cpu));
+    assert_eq!(percpu::Registered.current(), Some(cpu));
+    // A kernel's own per-CPU block, reached through `gs`: before the CPU
+    // points `gs` at it the field says "no index", then it names the CPU.
+    let block = &PER_CPU_BLOCKS[cpu];
+    block.index.store(u32::MAX, Ordering::Relaxed);
+    // SAFETY: ring 0, on this CPU; nothing else here uses `gs`. The block
+    // is a static that lives for good.
+    unsafe { set_gs_base(block as *const PerCpuBlock as u64) };
+    // SAFETY: `gs` points at this CPU's block, whose `u32` at byte 8 is
+    // its index field, from here on.
+    let gs = unsafe { GsField::<8>::new() };
+    assert_eq!(gs.current(), None);
+    block.index.store(cpu as u32, Ordering::Relaxed);
+    assert_eq!(gs.current(), Some(cpu));
     READY.fetch_add(1, Ordering::AcqRel);
     while !GO.load(Ordering::Acquire) {
         core::hint::spin_loop();
