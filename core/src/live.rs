@@ -36,7 +36,97 @@ fn position(addr: usize) -> (usize, u64) {
     (word, 1u64.wrapping_shl((addr >> GRANULE_SHIFT) as u32))
 }
 
+/// A segment's bitmap as the fast paths address it: the address such that
+/// the bit of the block at `addr` is bit `addr / 16` counted from it (see
+/// [`LiveMap::biased_base`]). Kept in each slab's descriptor, so a fast path
+/// finds the bit with one load and a shift, with no segment arithmetic.
+pub type BiasedBase = usize;
+
+/// Sets (`SET`) or clears the bit of the block at `addr` through a biased
+/// base; returns whether it was set before.
+///
+/// # Safety
+/// `base` is [`LiveMap::biased_base`] of a live segment's bitmap, `addr`
+/// lies in that segment, and nothing else writes the bitmap meanwhile.
+#[inline(always)]
+unsafe fn biased_op<const SET: bool>(base: BiasedBase, addr: usize) -> bool {
+    const GRANULE_SHIFT: u32 = MIN_ALIGN.trailing_zeros();
+    let granule = addr >> GRANULE_SHIFT;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller's contract: the quadword `bts`/`btr` touch,
+    // `base + 8 * (granule / 64)`, is the bitmap's word of `addr`
+    // (see `biased_base`). A register bit offset addresses memory beyond
+    // the operand, as the instruction defines; `jc` reads the old bit.
+    unsafe {
+        if SET {
+            core::arch::asm!(
+                "bts qword ptr [{base}], {granule}",
+                "jc {was_set}",
+                base = in(reg) base,
+                granule = in(reg) granule,
+                was_set = label { return true; },
+                options(nostack),
+            );
+        } else {
+            core::arch::asm!(
+                "btr qword ptr [{base}], {granule}",
+                "jc {was_set}",
+                base = in(reg) base,
+                granule = in(reg) granule,
+                was_set = label { return true; },
+                options(nostack),
+            );
+        }
+        false
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: as above: the word is the bitmap's word of `addr`.
+    unsafe {
+        let word = (base + (granule >> 6) * 8) as *mut u64;
+        let bit = 1u64 << (granule & 63);
+        let old = *word;
+        *word = if SET { old | bit } else { old & !bit };
+        old & bit != 0
+    }
+}
+
+/// [`LiveMap::set`] through a biased base: marks the block at `addr`
+/// handed out; false (and nothing changed) if it was marked already.
+///
+/// # Safety
+/// As for [`biased_op`]: `base` is the biased base of the bitmap of the
+/// live segment `addr` lies in, which only the caller writes.
+#[inline(always)]
+pub unsafe fn set_at(base: BiasedBase, addr: usize) -> bool {
+    // SAFETY: forwarded.
+    !unsafe { biased_op::<true>(base, addr) }
+}
+
+/// [`LiveMap::clear`] through a biased base: marks the block at `addr`
+/// returned; false (and nothing changed) if it was not marked.
+///
+/// # Safety
+/// As [`set_at`].
+#[inline(always)]
+pub unsafe fn clear_at(base: BiasedBase, addr: usize) -> bool {
+    // SAFETY: forwarded.
+    unsafe { biased_op::<false>(base, addr) }
+}
+
 impl LiveMap {
+    /// The base [`set_at`] and [`clear_at`] take: the bitmap's address
+    /// less the segment's first granule index over 8, so that granule
+    /// `addr / 16` counts from it. The map must lie in its segment's
+    /// header (it does: segments are aligned to their size).
+    pub fn biased_base(&self) -> BiasedBase {
+        const GRANULE_SHIFT: u32 = MIN_ALIGN.trailing_zeros();
+        let words = self.words.as_ptr() as usize;
+        let segment = words & !SEGMENT_MASK;
+        // Segments are aligned far beyond 128 bytes, so the bias is a
+        // multiple of 8 and the base stays aligned to a word.
+        words.wrapping_sub(segment >> (GRANULE_SHIFT + 3))
+    }
+
     /// Marks the block at `addr` handed out; false (and nothing changed) if
     /// it already was.
     #[inline(always)]
@@ -218,5 +308,45 @@ mod tests {
         m.clear_range(base + 16 * 10, base + 16 * 200);
         assert!(m.none_in(base + 16 * 10, base + 16 * 200));
         assert!(m.is_set(base + 16 * 9) && m.is_set(base + 16 * 200));
+    }
+
+    /// The fast paths' biased base reaches the same bits as the map's own
+    /// methods, for any block of the segment the map lies in.
+    #[test]
+    fn biased_base_reaches_the_same_bits() {
+        let mut m: Box<LiveMap> = Box::new(LiveMap {
+            words: [0; LIVE_WORDS],
+        });
+        let seg = m.words.as_ptr() as usize & !SEGMENT_MASK;
+        let base = m.biased_base();
+        assert_eq!(base % 8, 0);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let addr = match i {
+                0 => seg,
+                1 => seg + SEGMENT_SIZE - MIN_ALIGN,
+                _ => seg + (x as usize % SEGMENT_SIZE) / MIN_ALIGN * MIN_ALIGN,
+            };
+            let was = m.is_set(addr);
+            // SAFETY: `base` is this map's biased base, `addr` lies in its
+            // segment, and only this test writes the map.
+            unsafe {
+                if i % 2 == 0 {
+                    assert_eq!(set_at(base, addr), !was);
+                    assert!(m.is_set(addr));
+                    assert!(!set_at(base, addr), "second set must fail");
+                    assert!(m.clear(addr));
+                    assert!(!clear_at(base, addr), "cleared through the map");
+                } else {
+                    assert!(m.set(addr) != was);
+                    assert!(clear_at(base, addr));
+                    assert!(!m.is_set(addr));
+                }
+            }
+        }
+        assert!(m.none_in(seg, seg + SEGMENT_SIZE));
     }
 }

@@ -11,6 +11,7 @@
 //! free blocks are encoded (see [`crate::block`]).
 
 use crate::block::{next_of, set_next, Block};
+use crate::live::BiasedBase;
 use crate::remote::ThreadFree;
 use core::ptr;
 
@@ -52,8 +53,9 @@ pub struct Span {
     pub in_full: bool,
     /// First byte of the span (for huge/aligned large: of the block).
     pub start: usize,
-    /// Block size of a slab; usable size of a large/huge block.
-    pub block_size: usize,
+    /// The segment's live-block bitmap as the fast paths address it (see
+    /// [`crate::live::BiasedBase`]); set with the block size.
+    pub live_bits: BiasedBase,
     /// `ceil(2^64 / block_size)`: offsets that are multiples of the block
     /// size are exactly those whose product with it wraps below it
     /// (see [`Span::is_block_offset`]).
@@ -63,6 +65,8 @@ pub struct Span {
     /// Bytes of blocks carved so far: `capacity * block_size`.
     pub carved: usize,
     // Cold fields.
+    /// Block size of a slab; usable size of a large/huge block.
+    pub block_size: usize,
     /// Blocks carved out of the span so far (the rest is untouched).
     pub capacity: u32,
     /// Blocks that fit in the span.
@@ -127,10 +131,11 @@ impl Span {
         kind: SpanKind::Free,
         in_full: false,
         start: 0,
-        block_size: 0,
+        live_bits: 0,
         div_magic: 0,
         secret: 0,
         carved: 0,
+        block_size: 0,
         capacity: 0,
         reserved: 0,
         class: 0,

@@ -9,6 +9,7 @@ use crate::fatal::Misuse;
 use crate::fork::HandoffPoint;
 use crate::harden::Mitigations;
 use crate::layout::{segment_base_of, MIN_ALIGN, SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE};
+use crate::live;
 use crate::remote::{Notify, RemotePush};
 use crate::segment::{segment_of, Segment, HEADER_SLICES};
 use crate::segment_map;
@@ -133,7 +134,8 @@ impl Heap {
                 // or never-carved pointer) is told apart by the slow path.
                 // Bits are per 16-byte granule: a pointer into the first
                 // granule of a block must not pass for the block.
-                if !addr.is_multiple_of(MIN_ALIGN) || !(*seg).live.clear(addr) {
+                // (`addr` lies in the segment: its descriptor was found.)
+                if !addr.is_multiple_of(MIN_ALIGN) || !live::clear_at((*d).live_bits, addr) {
                     return FreeStep::Slow;
                 }
             } else {

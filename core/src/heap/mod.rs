@@ -27,9 +27,10 @@ use crate::layout::{
     SLICE_SIZE,
 };
 use crate::list::List;
+use crate::live;
 use crate::queues::SlabQueues;
 use crate::remote::{DelayedList, Notify};
-use crate::segment::{segment_of, Segment, HEADER_SLICES};
+use crate::segment::{Segment, HEADER_SLICES};
 use crate::segment_map;
 use crate::size_class::{class_for_aligned, class_of, CLASSES, DIRECT_MAX, NUM_CLASSES};
 use crate::span::{next_random, Span, SpanKind, TAG_QUEUED_SLAB};
@@ -395,7 +396,9 @@ impl Heap {
             }
             // A live block on a free list: handing it out would give one
             // block to two owners.
-            if BITMAP && !(*segment_of(page)).live.set(b as usize) {
+            // (Through the descriptor's biased base: one load, no segment
+            // arithmetic; the block lies in the slab, so in its segment.)
+            if BITMAP && !live::set_at((*page).live_bits, b as usize) {
                 return self.corrupt_list_at(page, b);
             }
             // Clear the stale link: a live block whose first word still
@@ -555,6 +558,7 @@ impl Heap {
             let p = &mut *page;
             p.class = c as u8;
             p.set_block_size(info.block_size);
+            p.live_bits = (*seg).live.biased_base();
             p.reserved = ((info.slices * SLICE_SIZE) / info.block_size) as u32;
             p.capacity = 0;
             p.used = 0;
