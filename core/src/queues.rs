@@ -62,6 +62,13 @@ impl SlabQueues {
         unsafe { *self.direct.get_unchecked(direct_index(size)) }
     }
 
+    /// Whether the direct table follows the queues: the heap's allocation
+    /// fast path is in use.
+    #[inline(always)]
+    pub fn direct_on(&self) -> bool {
+        self.direct_on
+    }
+
     /// The first slab of class `c`'s queue, or null.
     #[inline]
     pub fn first(&self, c: usize) -> *mut Span {

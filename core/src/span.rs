@@ -259,13 +259,14 @@ impl Span {
             .min(MAX_CARVE);
         let bs = self.block_size;
         let first = self.start + self.capacity as usize * bs;
-        // The order in which the new blocks will be handed out.
-        let mut order = [0u16; MAX_CARVE as usize];
-        for (i, o) in order.iter_mut().enumerate().take(n as usize) {
-            *o = i as u16;
-        }
+        let mut next: *mut Block = ptr::null_mut();
         if let Some((state, group)) = shuffle {
+            // The order in which the new blocks will be handed out:
             // Fisher-Yates inside each group, a fresh random word per step.
+            let mut order = [0u16; MAX_CARVE as usize];
+            for (i, o) in order.iter_mut().enumerate().take(n as usize) {
+                *o = i as u16;
+            }
             let n = n as usize;
             let group = group.clamp(1, n);
             let mut start = 0;
@@ -277,13 +278,22 @@ impl Span {
                 }
                 start = end;
             }
-        }
-        let mut next: *mut Block = ptr::null_mut();
-        for &i in order[..n as usize].iter().rev() {
-            let b = (first + i as usize * bs) as *mut Block;
-            // SAFETY: the block lies inside this page's span, untouched so far.
-            unsafe { set_next(b, next, self.secret) };
-            next = b;
+            for &i in order[..n].iter().rev() {
+                let b = (first + i as usize * bs) as *mut Block;
+                // SAFETY: the block lies inside this page's span, untouched
+                // so far.
+                unsafe { set_next(b, next, self.secret) };
+                next = b;
+            }
+        } else {
+            // In address order, with no order to set up (one block, for
+            // the classes above 2 KiB, is the common case here).
+            for i in (0..n as usize).rev() {
+                let b = (first + i * bs) as *mut Block;
+                // SAFETY: as above.
+                unsafe { set_next(b, next, self.secret) };
+                next = b;
+            }
         }
         self.free = next;
         self.capacity += n;

@@ -35,6 +35,12 @@ fn try_malloc_fast(size: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn malloc_slow(size: usize) -> *mut u8 {
+    // Above the direct table, the class's current slab first.
+    // SAFETY: as in `try_malloc_fast`.
+    let p = unsafe { (*tls::heap()).try_malloc_medium(size) };
+    if !p.is_null() {
+        return p;
+    }
     if leaks::enabled() {
         return leaks::watch(size, || allocate(size));
     }

@@ -109,8 +109,10 @@ impl Heap {
         // SAFETY: the caller's contract.
         unsafe {
             let first = (*page).start + (*page).carved;
-            // A carve of blocks above half its bytes holds one block: no
-            // order to shuffle (and no division to pay for it).
+            let bytes = EXTEND_BYTES.max(MIN_EXTEND * (*page).block_size);
+            // Blocks above half a page are carved a few at a time, in
+            // address order: a page-sized carve of them would hold one
+            // block, with no order to shuffle (and no division to pay).
             let one_block = (*page).block_size > EXTEND_BYTES / 2;
             let shuffle = if one_block {
                 None
@@ -121,7 +123,7 @@ impl Heap {
             } else {
                 None
             };
-            let n = (*page).extend(EXTEND_BYTES, shuffle);
+            let n = (*page).extend(bytes, shuffle);
             self.stats
                 .add_class_mallocs((*page).class as usize, n as u64);
             if self.harden.contains(Mitigations::ZERO) && !(*page).span_is_zero && n > 0 {

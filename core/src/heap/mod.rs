@@ -51,6 +51,11 @@ mod verify;
 /// slab's worth (a short-lived thread's footprint is mostly this); still
 /// 256 blocks of the smallest class per slow path.
 const EXTEND_BYTES: usize = 4 * 1024;
+/// Fewest fresh blocks carved per refill (where the slab has them): for
+/// blocks above 1 KiB a page holds fewer, and a refill per block or two
+/// (the slow path's bookkeeping each time) costs more than touching the
+/// first page of a few more blocks.
+const MIN_EXTEND: usize = 4;
 /// The least free memory a heap keeps resident for reuse (see
 /// `Heap::purge`).
 const PURGE_RESERVE_MIN: usize = 1 << 20;
@@ -95,6 +100,9 @@ pub struct Heap {
     tick: u64,
     /// Time of the last decay check (clock ms, or ticks / interval).
     now: u64,
+    /// `now` when the periodic decay check last ran: it runs at most once
+    /// per clock tick, however many slow paths a tick sees.
+    purged_at: u64,
     pub stats: HeapStats,
     /// Keeps its last segment for good (see [`Heap::pin_segment`]).
     pinned: bool,
@@ -153,6 +161,7 @@ impl Heap {
                 // Without a clock, time counts purge checks from 1, so 0
                 // never reads as a time that has passed.
                 now: global.now().unwrap_or(1),
+                purged_at: 0,
                 stats: HeapStats::new(),
                 pinned: false,
                 quarantine: harden::Quarantine::new(),
@@ -195,6 +204,7 @@ impl Heap {
             delayed: DelayedList::new(),
             tick: 0,
             now: 1,
+            purged_at: 0,
             stats: HeapStats::new(),
             pinned: true,
             quarantine: harden::Quarantine::new(),
@@ -254,7 +264,8 @@ impl Heap {
     /// empty page, a large request). Frontends call it inline and
     /// [`Heap::malloc`] out of line otherwise, so the fast path needs no
     /// stack frame. Requests up to `DIRECT_MAX` bytes find their page with
-    /// one load; larger ones take [`Heap::malloc`].
+    /// one load; larger ones take [`Heap::try_malloc_medium`] or
+    /// [`Heap::malloc`].
     #[inline(always)]
     pub fn try_malloc_fast(&self, size: usize) -> *mut u8 {
         if size > DIRECT_MAX {
@@ -265,6 +276,35 @@ impl Heap {
         // with slow paths); queued pages belong to this heap.
         unsafe {
             let page = self.queues.direct(size);
+            if self.fast_checks {
+                self.pop_checked::<true, true>(page)
+            } else {
+                self.pop_checked::<false, false>(page)
+            }
+        }
+    }
+
+    /// [`Heap::try_malloc_fast`] for the sizes above the direct table, up
+    /// to the largest class: a block from the class's current page, or
+    /// null when that takes more. The class is computed (a few
+    /// instructions), so frontends call this past their inline fast path,
+    /// before the full slow path, keeping the small-size path as short as
+    /// it is. Only heaps whose small requests take the fast path (their
+    /// direct table in use) take this one.
+    #[inline(always)]
+    pub fn try_malloc_medium(&self, size: usize) -> *mut u8 {
+        if size <= DIRECT_MAX || size > MAX_CLASS_SIZE || !self.queues.direct_on() {
+            return ptr::null_mut();
+        }
+        // SAFETY: `class_of(size) < NUM_CLASSES` for these sizes; queued
+        // pages belong to this heap, and a heap with slow paths has no
+        // direct table in use, so the checks of `pop_checked` are all its
+        // blocks need, as on the small path.
+        unsafe {
+            let page = self.queues.first_unchecked(class_of(size));
+            if page.is_null() {
+                return ptr::null_mut();
+            }
             if self.fast_checks {
                 self.pop_checked::<true, true>(page)
             } else {
