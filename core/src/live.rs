@@ -94,8 +94,8 @@ unsafe fn biased_op<const SET: bool>(base: BiasedBase, addr: usize) -> bool {
 /// handed out; false (and nothing changed) if it was marked already.
 ///
 /// # Safety
-/// As for [`biased_op`]: `base` is the biased base of the bitmap of the
-/// live segment `addr` lies in, which only the caller writes.
+/// `base` is [`LiveMap::biased_base`] of the bitmap of the live segment
+/// `addr` lies in, which only the caller writes meanwhile.
 #[inline(always)]
 pub unsafe fn set_at(base: BiasedBase, addr: usize) -> bool {
     // SAFETY: forwarded.
