@@ -42,6 +42,53 @@ fn position(addr: usize) -> (usize, u64) {
 /// finds the bit with one load and a shift, with no segment arithmetic.
 pub type BiasedBase = usize;
 
+/// Sets (`SET`) or clears bit `bit` of the bit string at `base` and
+/// returns its old value: on x86-64 one `bts`/`btr` whose register bit
+/// offset addresses any bit of the string (the word index, mask, load,
+/// test and store in one instruction), with the jump on the old bit
+/// inside the `asm!`, so a caller's test of the result folds into it.
+///
+/// # Safety
+/// The quadword `base + 8 * (bit / 64)` is a bitmap word that nothing
+/// else reads or writes meanwhile.
+#[inline(always)]
+unsafe fn bit_string_op<const SET: bool>(base: usize, bit: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller's contract: the instruction touches exactly that
+    // quadword; `jc` reads the old bit.
+    unsafe {
+        if SET {
+            core::arch::asm!(
+                "bts qword ptr [{base}], {bit}",
+                "jc {was_set}",
+                base = in(reg) base,
+                bit = in(reg) bit,
+                was_set = label { return true; },
+                options(nostack),
+            );
+        } else {
+            core::arch::asm!(
+                "btr qword ptr [{base}], {bit}",
+                "jc {was_set}",
+                base = in(reg) base,
+                bit = in(reg) bit,
+                was_set = label { return true; },
+                options(nostack),
+            );
+        }
+        false
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: as above.
+    unsafe {
+        let word = (base + (bit >> 6) * 8) as *mut u64;
+        let mask = 1u64 << (bit & 63);
+        let old = *word;
+        *word = if SET { old | mask } else { old & !mask };
+        old & mask != 0
+    }
+}
+
 /// Sets (`SET`) or clears the bit of the block at `addr` through a biased
 /// base; returns whether it was set before.
 ///
@@ -51,43 +98,9 @@ pub type BiasedBase = usize;
 #[inline(always)]
 unsafe fn biased_op<const SET: bool>(base: BiasedBase, addr: usize) -> bool {
     const GRANULE_SHIFT: u32 = MIN_ALIGN.trailing_zeros();
-    let granule = addr >> GRANULE_SHIFT;
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the caller's contract: the quadword `bts`/`btr` touch,
-    // `base + 8 * (granule / 64)`, is the bitmap's word of `addr`
-    // (see `biased_base`). A register bit offset addresses memory beyond
-    // the operand, as the instruction defines; `jc` reads the old bit.
-    unsafe {
-        if SET {
-            core::arch::asm!(
-                "bts qword ptr [{base}], {granule}",
-                "jc {was_set}",
-                base = in(reg) base,
-                granule = in(reg) granule,
-                was_set = label { return true; },
-                options(nostack),
-            );
-        } else {
-            core::arch::asm!(
-                "btr qword ptr [{base}], {granule}",
-                "jc {was_set}",
-                base = in(reg) base,
-                granule = in(reg) granule,
-                was_set = label { return true; },
-                options(nostack),
-            );
-        }
-        false
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    // SAFETY: as above: the word is the bitmap's word of `addr`.
-    unsafe {
-        let word = (base + (granule >> 6) * 8) as *mut u64;
-        let bit = 1u64 << (granule & 63);
-        let old = *word;
-        *word = if SET { old | bit } else { old & !bit };
-        old & bit != 0
-    }
+    // SAFETY: the caller's contract: bit `addr / 16` from the biased base
+    // is the bitmap's bit of `addr` (see `biased_base`).
+    unsafe { bit_string_op::<SET>(base, addr >> GRANULE_SHIFT) }
 }
 
 /// [`LiveMap::set`] through a biased base: marks the block at `addr`
@@ -167,44 +180,17 @@ impl LiveMap {
         self.clear_portable(addr)
     }
 
-    /// Sets (`SET`) or clears the bit of the block at `addr` with `bts` or
-    /// `btr` on the bit string itself, and returns the bit's old value.
-    /// (Their register-offset memory forms address any bit of the string:
-    /// one instruction instead of the word index, the mask, the load, the
-    /// test and the store, which is what they do inside.)
+    /// Sets (`SET`) or clears the bit of the block at `addr` on the bit
+    /// string itself, and returns the bit's old value.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn bit_op<const SET: bool>(&mut self, addr: usize) -> bool {
         const GRANULE_SHIFT: u32 = MIN_ALIGN.trailing_zeros();
         let granule = (addr & SEGMENT_MASK) >> GRANULE_SHIFT;
-        let base = self.words.as_mut_ptr();
         // SAFETY: `granule < LIVE_WORDS * 64` (the address is masked into
-        // the segment), so the instruction reads and writes only
-        // `words[granule / 64]`, which `&mut self` lets us change.
-        // The carry flag (the old bit) is branched on inside the `asm!`,
-        // so the caller's test of the result folds into that one jump.
-        unsafe {
-            if SET {
-                core::arch::asm!(
-                    "bts qword ptr [{base}], {granule}",
-                    "jc {was_set}",
-                    base = in(reg) base,
-                    granule = in(reg) granule,
-                    was_set = label { return true; },
-                    options(nostack),
-                );
-            } else {
-                core::arch::asm!(
-                    "btr qword ptr [{base}], {granule}",
-                    "jc {was_set}",
-                    base = in(reg) base,
-                    granule = in(reg) granule,
-                    was_set = label { return true; },
-                    options(nostack),
-                );
-            }
-        }
-        false
+        // the segment), so only `words[granule / 64]` is touched, which
+        // `&mut self` lets us change.
+        unsafe { bit_string_op::<SET>(self.words.as_mut_ptr() as usize, granule) }
     }
 
     /// [`LiveMap::clear`] in plain Rust.
