@@ -7,6 +7,7 @@
 mod common;
 
 use apex_core::harden::Mitigations;
+use apex_core::layout::SLICE_SIZE;
 use apex_core::{usable_size, Global, Heap};
 use common::{instance, HeapBox};
 
@@ -456,4 +457,36 @@ fn shuffle_mixes_groups_of_neighbours_and_wide_shuffle_the_whole_carve() {
         spread > 8,
         "wide shuffle kept neighbours together: {wide:?}"
     );
+}
+
+/// A block in the second slice of a slab of several (40 KB blocks: three
+/// in a two-slice slab) freed twice: the free path that serves such
+/// blocks out of the fast path still finds the double free, with the
+/// bitmap and without it.
+#[test]
+#[should_panic(expected = "apexalloc: fatal: double free (0x")]
+fn block_in_a_later_slice_freed_twice_is_fatal() {
+    later_slice_freed_twice(Mitigations::DEFAULT);
+}
+
+#[test]
+#[should_panic(expected = "apexalloc: fatal: double free (0x")]
+fn block_in_a_later_slice_freed_twice_without_bitmap_is_fatal() {
+    later_slice_freed_twice(Mitigations::DEFAULT - Mitigations::BITMAP);
+}
+
+fn later_slice_freed_twice(m: Mitigations) {
+    let (_g, hb) = heap_with(m);
+    let heap = hb.get();
+    let blocks: Vec<*mut u8> = (0..3).map(|_| heap.malloc(40_000)).collect();
+    let slab = blocks.iter().map(|&p| p as usize).min().unwrap() & !(SLICE_SIZE - 1);
+    let later = *blocks
+        .iter()
+        .find(|&&p| p as usize >= slab + SLICE_SIZE)
+        .expect("a block in the slab's second slice");
+    // SAFETY: deliberately freed twice.
+    unsafe {
+        heap.free(later);
+        heap.free(later);
+    }
 }

@@ -266,13 +266,60 @@ impl Heap {
         unsafe {
             // Another heap's block in the first slice of one of its slabs
             // (from a frontend that did not run the fast path): pushed after
-            // the fast path's checks. Our own blocks are here because
-            // something was wrong with them, and take the fully validating
-            // path for an exact report.
-            if !self.slow_paths && self.free_remote_queued(seg, addr) {
+            // the fast path's checks. Our own blocks are here because the
+            // fast path passed them over (a later slice of a slab of
+            // several, a slab parked full) or something was wrong with
+            // them: the first are freed after the fast path's checks, the
+            // rest take the fully validating path for an exact report.
+            if !self.slow_paths
+                && (self.free_remote_queued(seg, addr) || self.free_own_slab_block(seg, addr))
+            {
                 return;
             }
             self.free_slow(seg, addr)
+        }
+    }
+
+    /// Frees `addr` if it is a live block of one of this heap's slabs,
+    /// with the fast path's checks, wherever in the slab it lies and
+    /// whatever queue the slab is on; false (nothing done) for anything
+    /// else, which the caller takes to the validating path.
+    ///
+    /// # Safety
+    /// `seg` is the live segment `segment_base_of(addr)` names; the heap
+    /// has no slow paths.
+    #[inline(always)]
+    unsafe fn free_own_slab_block(&mut self, seg: *mut Segment, addr: usize) -> bool {
+        // SAFETY: the caller's contract; `page_of` bounds the descriptor's
+        // back distance and turns free spans away.
+        unsafe {
+            if (*seg).owner() != self.fast_owner {
+                return false;
+            }
+            let Some(page) = (*seg).page_of(addr) else {
+                return false;
+            };
+            let page = page as *const Span as *mut Span;
+            if (*page).kind != SpanKind::Slab {
+                return false;
+            }
+            let b = addr as *mut Block;
+            if self.harden.contains(Mitigations::BITMAP) {
+                // As on the fast path: only handed-out block starts have
+                // their bit set, and the span holding `addr` is this slab.
+                if !addr.is_multiple_of(MIN_ALIGN) || !live::clear_at((*page).live_bits, addr) {
+                    return false;
+                }
+            } else {
+                if !(*page).is_carved_block(addr) {
+                    return false;
+                }
+                if !self.check_own_free(seg, page, b) {
+                    return true;
+                }
+            }
+            self.push_local(page, b);
+            true
         }
     }
 
