@@ -48,7 +48,7 @@ pub trait CpuIndex: Sync {
 /// A [`CpuIndex`] that calls a function: what
 /// [`KernelAlloc::new`](crate::KernelAlloc::new) takes. The call is
 /// indirect, so the allocator's fast paths keep their arguments across it
-/// (about 15 instructions a call more than an inlined read).
+/// (about 12 instructions a call more than an inlined read).
 #[derive(Clone, Copy, Debug)]
 pub struct IndexFn(pub fn() -> Option<usize>);
 
