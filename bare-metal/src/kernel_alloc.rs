@@ -750,7 +750,7 @@ unsafe impl<C: CpuIndex> GlobalAlloc for KernelAlloc<C> {
                     p
                 }
                 QuickPop::Bins => self.alloc_entered(entered, size, align, true),
-                QuickPop::Check => self.alloc_entered(entered, size, align, false),
+                QuickPop::Check(_) => self.alloc_entered(entered, size, align, false),
             };
         }
         self.alloc_slow(layout.size(), layout.align())

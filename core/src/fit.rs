@@ -160,8 +160,9 @@ pub enum QuickPop {
     /// No cached block serves the request: it goes to the bins
     /// ([`Fit::alloc_binned`]).
     Bins,
-    /// The list's head looks corrupted: [`Fit::alloc`] reports it.
-    Check,
+    /// The list's head (this payload address) looks corrupted:
+    /// [`Fit::alloc`] reports it.
+    Check(usize),
 }
 
 /// What [`Fit::try_push_quick`] did with a block.
@@ -393,23 +394,19 @@ impl Fit {
     /// quick-list pop is inline.
     #[inline(always)]
     pub fn alloc(&mut self, size: usize, align: usize) -> Result<*mut u8, FitMisuse> {
-        if align <= GRANULE && size <= QUICK_MAX - HEADER {
-            let need = ((size + HEADER + GRANULE - 1) & !(GRANULE - 1)).max(MIN_BLOCK);
-            // SAFETY: `need / 16 < QUICK_LISTS`.
-            let b = unsafe { *self.quick.get_unchecked(need / GRANULE) };
-            if b != 0 {
-                return self.pop_quick(b, need);
-            }
+        match self.try_pop_quick(size, align) {
+            QuickPop::Block(p) => Ok(p),
+            QuickPop::Bins => self.alloc_binned(size, align),
+            QuickPop::Check(head) => Err((Misuse::FreeListCorruption, head)),
         }
-        self.alloc_binned(size, align)
     }
 
     /// The quick-list pop alone, for a frontend's inline fast path: a
     /// cached block of the request's size, or where the request goes
     /// instead. Nothing is written before the head's header and link have
-    /// been checked, and a head that looks wrong in any way is left for
-    /// [`Fit::alloc`], which pops the same head and reports a corrupted
-    /// list; so this path needs no error value.
+    /// been checked; a head that looks wrong in any way is left where it
+    /// is and named (a frontend hands the request to [`Fit::alloc`], which
+    /// reports it).
     #[inline(always)]
     pub fn try_pop_quick(&mut self, size: usize, align: usize) -> QuickPop {
         // The list of the smallest block that holds `size` (a size is at
@@ -429,11 +426,11 @@ impl Fit {
             }
             let h = rd(b);
             if h & !(FREE | PREV_FREE | FIRST) != need | CACHED | self.mark {
-                return QuickPop::Check;
+                return QuickPop::Check(b + HEADER);
             }
             let next = rd(b + HEADER) ^ self.key ^ b;
             if !near(next, b) {
-                return QuickPop::Check;
+                return QuickPop::Check(b + HEADER);
             }
             *self.quick.get_unchecked_mut(i) = next;
             *self.quick_len.get_unchecked_mut(i) -= 1;
@@ -535,30 +532,6 @@ impl Fit {
             self.unlink_unchecked(b, list);
             self.take(b, need);
         }
-        Ok((b + HEADER) as *mut u8)
-    }
-
-    /// Takes the block `b`, the head of the quick list of `need`-byte
-    /// blocks, after checking that it is one.
-    #[inline(always)]
-    fn pop_quick(&mut self, b: usize, need: usize) -> Result<*mut u8, FitMisuse> {
-        // SAFETY: quick-list heads are cached blocks of ours unless a link
-        // was overwritten; the header check below catches that before the
-        // block is used (a forged head is read, never written, first).
-        unsafe {
-            let h = rd(b);
-            if h & !(FREE | PREV_FREE | FIRST) != need | CACHED | self.mark {
-                return Err((Misuse::FreeListCorruption, b + HEADER));
-            }
-            let next = rd(b + HEADER) ^ self.key ^ b;
-            if !near(next, b) {
-                return Err((Misuse::FreeListCorruption, b + HEADER));
-            }
-            *self.quick.get_unchecked_mut(need / GRANULE) = next;
-            *self.quick_len.get_unchecked_mut(need / GRANULE) -= 1;
-            wr(b, h & !CACHED);
-        }
-        self.stats.cached -= need;
         Ok((b + HEADER) as *mut u8)
     }
 
@@ -795,23 +768,19 @@ impl Fit {
     /// live block of this instance it is not used afterwards.
     #[inline(always)]
     pub unsafe fn free(&mut self, p: *mut u8) -> Result<Option<Chunk>, FitMisuse> {
-        // SAFETY: the caller's contract; `live_block` checked the header.
+        // SAFETY: the caller's contract; a block comes back checked only
+        // when its header is that of a used block of ours.
         unsafe {
-            let (b, h) = self.live_block(p, Misuse::InvalidFree)?;
-            let s = h & SIZE_MASK;
-            if s <= QUICK_MAX
-                && self.stats.cached + s <= self.quick_budget
-                && *self.quick_len.get_unchecked(s / GRANULE) < QUICK_DEPTH
-            {
-                *self.quick_len.get_unchecked_mut(s / GRANULE) += 1;
-                let head = self.quick.get_unchecked_mut(s / GRANULE);
-                wr(b + HEADER, *head ^ self.key ^ b);
-                *head = b;
-                wr(b, h | CACHED);
-                self.stats.cached += s;
-                return Ok(None);
+            match self.try_push_quick(p) {
+                QuickPush::Cached => Ok(None),
+                QuickPush::Bins(block) => self.free_checked(block),
+                // Not a used block of this instance: the header check says
+                // which misuse.
+                QuickPush::Declined => match self.live_block(p, Misuse::InvalidFree) {
+                    Err(m) => Err(m),
+                    Ok(_) => Err((Misuse::InvalidFree, p as usize)),
+                },
             }
-            self.release_binned(p, b, h)
         }
     }
 

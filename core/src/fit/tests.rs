@@ -476,7 +476,7 @@ fn quick_fast_paths_serve_cached_blocks_and_decline_everything_else() {
         // `alloc` reports it.
         let head = blocks[2];
         *(head as *mut usize) = a as usize + 64;
-        assert_eq!(f.try_pop_quick(300, 16), QuickPop::Check);
+        assert_eq!(f.try_pop_quick(300, 16), QuickPop::Check(head as usize));
         assert_eq!(f.stats().cached, 3 * block_size_for(300).unwrap());
         assert_eq!(f.alloc(300, 16).unwrap_err().0, Misuse::FreeListCorruption);
     }
