@@ -55,7 +55,7 @@ pub type BiasedBase = usize;
 unsafe fn bit_string_op<const SET: bool>(base: usize, bit: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the caller's contract: the instruction touches exactly that
-    // quadword; `jc` reads the old bit.
+    // quadword; the jump reads the old bit (the carry flag).
     unsafe {
         if SET {
             core::arch::asm!(
@@ -66,17 +66,20 @@ unsafe fn bit_string_op<const SET: bool>(base: usize, bit: usize) -> bool {
                 was_set = label { return true; },
                 options(nostack),
             );
+            false
         } else {
+            // Jumps on the rare outcome (the bit was clear: misuse), so the
+            // free path goes on without a jump.
             core::arch::asm!(
                 "btr qword ptr [{base}], {bit}",
-                "jc {was_set}",
+                "jnc {was_clear}",
                 base = in(reg) base,
                 bit = in(reg) bit,
-                was_set = label { return true; },
+                was_clear = label { return false; },
                 options(nostack),
             );
+            true
         }
-        false
     }
     #[cfg(not(target_arch = "x86_64"))]
     // SAFETY: as above.

@@ -15,6 +15,7 @@ use crate::block::next_of;
 use crate::layout::{SEGMENT_MASK, SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE};
 use crate::live::LiveMap;
 use crate::provider::PAGE_SIZE;
+use crate::segment_map;
 use crate::span::{check, Broken, Span, SpanKind};
 
 /// The header at the start of every segment.
@@ -70,6 +71,23 @@ pub struct Segment {
     /// Which blocks are handed out (see [`crate::live`]); last, so the
     /// descriptors stay near the start of the header.
     pub live: LiveMap,
+}
+
+/// Whether `base` is a live segment whose owner is the heap at address
+/// `owner`, without reading anything at `base` unless the segment map
+/// holds it: the free fast path's test for "a block of my own segment".
+/// An `owner` that is no heap's address is never the owner.
+#[inline(always)]
+pub fn owned_by(base: usize, owner: usize) -> bool {
+    #[cfg(not(feature = "small-segments"))]
+    {
+        segment_map::owned_by(base, owner)
+    }
+    #[cfg(feature = "small-segments")]
+    {
+        // SAFETY: a segment the map holds is mapped, its header first.
+        segment_map::contains(base) && unsafe { (*(base as *const Segment)).owner() } == owner
+    }
 }
 
 /// Words of [`Segment::resident`].
@@ -187,6 +205,15 @@ impl Segment {
     #[inline(always)]
     pub fn owner(&self) -> usize {
         self.owner.load(Ordering::Relaxed)
+    }
+
+    /// Makes the heap at address `owner` (0: none) the segment's owner, in
+    /// the header and in the segment map's mirror of it. Only the
+    /// segment's holder calls this: the heap giving it up, or the one
+    /// taking it from `Global` (where no heap holds it).
+    pub fn set_owner(&self, owner: usize) {
+        self.owner.store(owner, Ordering::Release);
+        segment_map::set_owner(self.base(), owner);
     }
 
     /// Index of a descriptor in `slices`.

@@ -7,10 +7,13 @@
 //! resident. Addresses are taken modulo 2^48, so x86_64's canonical upper
 //! half (where kernels keep their heaps) has entries too; only
 //! non-canonical garbage aliases, which no caller can hold a real pointer
-//! to. With 32 MiB segments an entry is a byte (8 MiB of address
-//! space, tested with one compare on the free fast path); with the 4 MiB
-//! segments of kernels it is a bit (8 MiB instead of 64 MiB, which a kernel
-//! image's bss must really back).
+//! to. With 32 MiB segments an entry is a word naming the owning heap (64
+//! MiB of address space, of which one page per 16 GiB of segments is ever
+//! touched), so the free fast path tells "a block of one of my segments"
+//! from everything else with one load and one compare; with the 4 MiB
+//! segments of kernels it is a bit (8 MiB instead of 64 MiB for bytes,
+//! which a kernel image's bss must really back), and the owner is read
+//! from the segment header.
 
 use core::sync::atomic::Ordering;
 
@@ -28,20 +31,30 @@ fn unit(base: usize) -> usize {
 #[cfg(not(feature = "small-segments"))]
 mod imp {
     use super::*;
-    use core::sync::atomic::AtomicU8;
+    use core::sync::atomic::AtomicUsize;
 
-    static MAP: [AtomicU8; UNITS] = [const { AtomicU8::new(0) }; UNITS];
+    /// An entry is [`FREED_HUGE`], [`UNOWNED`] or the owning heap's
+    /// address (every heap record lies far above the two marks), so the
+    /// free fast path asks "a segment of mine?" with one load and one
+    /// compare, before it reads any header.
+    static MAP: [AtomicUsize; UNITS] = [const { AtomicUsize::new(0) }; UNITS];
 
     #[inline(always)]
-    fn slot(base: usize) -> &'static AtomicU8 {
+    fn slot(base: usize) -> &'static AtomicUsize {
         &MAP[unit(base)]
     }
 
-    const LIVE: u8 = 1;
-    const FREED_HUGE: u8 = 2;
+    const FREED_HUGE: usize = 1;
+    /// A live segment no heap owns (cached, abandoned or huge).
+    const UNOWNED: usize = 2;
 
     pub fn insert(base: usize) {
-        slot(base).store(LIVE, Ordering::Release);
+        slot(base).store(UNOWNED, Ordering::Release);
+    }
+
+    pub fn set_owner(base: usize, owner: usize) {
+        debug_assert!(owner == 0 || owner > UNOWNED);
+        slot(base).store(owner.max(UNOWNED), Ordering::Release);
     }
 
     pub fn remove(base: usize) {
@@ -54,7 +67,12 @@ mod imp {
 
     #[inline(always)]
     pub fn contains(base: usize) -> bool {
-        slot(base).load(Ordering::Relaxed) == LIVE
+        slot(base).load(Ordering::Relaxed) >= UNOWNED
+    }
+
+    #[inline(always)]
+    pub fn owned_by(base: usize, owner: usize) -> bool {
+        slot(base).load(Ordering::Relaxed) == owner
     }
 
     pub fn was_huge(base: usize) -> bool {
@@ -90,6 +108,9 @@ mod imp {
         let (w, bit) = slot(base);
         w.load(Ordering::Relaxed) & bit != 0
     }
+
+    // The owner lives in the segment header only (a bit has no room).
+    pub fn set_owner(_base: usize, _owner: usize) {}
 
     // One bit per unit has no room for the freed-huge mark: kernels tell a
     // huge block freed twice from a foreign pointer only by the pointer.
@@ -131,6 +152,23 @@ pub fn contains(base: usize) -> bool {
     imp::contains(base)
 }
 
+/// Records that the heap at address `owner` (0: none) now owns the live
+/// segment at `base`. Only the segment's holder calls this, alongside the
+/// header's owner word (`Segment::set_owner` writes both).
+pub fn set_owner(base: usize, owner: usize) {
+    imp::set_owner(base, owner)
+}
+
+/// Whether `base` is a live segment owned by the heap at address `owner`
+/// (one load and compare). An `owner` no heap has (0, or an address that
+/// is no heap's) is never reported as owning anything. Only the map of 32
+/// MiB segments keeps owners; see `segment::owned_by`.
+#[cfg(not(feature = "small-segments"))]
+#[inline(always)]
+pub fn owned_by(base: usize, owner: usize) -> bool {
+    imp::owned_by(base, owner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +196,33 @@ mod tests {
         // Null (whose segment base is the top of the address space) is not
         // in the map.
         assert!(!contains(crate::layout::segment_base_of(0)));
+    }
+
+    /// The map mirrors owners: only the owner set last is reported, a
+    /// segment given up is still the allocator's, and nothing outlives
+    /// `remove` (a heap record reused later must not find its old
+    /// segments).
+    #[cfg(not(feature = "small-segments"))]
+    #[test]
+    fn owners_are_mirrored() {
+        let base = 0x7d00_0000_0000usize & !(SEGMENT_SIZE - 1);
+        let (heap_a, heap_b) = (0x5555_0000_1000usize, 0x5555_0000_2000usize);
+        insert(base);
+        assert!(contains(base));
+        assert!(!owned_by(base, heap_a) && !owned_by(base, 0));
+        set_owner(base, heap_a);
+        assert!(contains(base) && owned_by(base, heap_a));
+        assert!(!owned_by(base, heap_b));
+        assert!(!owned_by(base + SEGMENT_SIZE, heap_a));
+        set_owner(base, 0);
+        assert!(contains(base) && !owned_by(base, heap_a) && !owned_by(base, 0));
+        set_owner(base, heap_b);
+        assert!(owned_by(base, heap_b) && !owned_by(base, heap_a));
+        remove(base);
+        assert!(!contains(base) && !owned_by(base, heap_b));
+        remove_huge(base);
+        assert!(!contains(base) && was_huge(base) && !owned_by(base, heap_b));
+        remove(base);
+        assert!(!was_huge(base));
     }
 }

@@ -1,8 +1,6 @@
 //! Thread exit and thread start: a heap going away abandons its segments
 //! with their live blocks; a heap that needs a segment adopts one.
 
-use core::sync::atomic::Ordering;
-
 use crate::bins::SpanBins;
 use crate::fatal::Misuse;
 use crate::fork::HandoffPoint;
@@ -90,11 +88,11 @@ impl Heap {
                 }
                 self.sweep_segment(seg);
                 if (*seg).used_slices == 0 {
-                    (*seg).owner.store(0, Ordering::Release);
+                    (*seg).set_owner(0);
                     self.global.retire_segment(seg);
                 } else {
                     self.trim_before_abandoning(seg);
-                    (*seg).owner.store(0, Ordering::Release);
+                    (*seg).set_owner(0);
                     self.global.push_abandoned(seg);
                 }
             }
@@ -140,7 +138,7 @@ impl Heap {
             }
             // Owner first: a page set to `Notify` below must lead remote
             // freers to us.
-            (*seg).owner.store(self.id(), Ordering::Release);
+            (*seg).set_owner(self.id());
             self.link_segment(seg);
             self.sweep_segment(seg);
             self.global

@@ -11,7 +11,7 @@ use crate::harden::Mitigations;
 use crate::layout::{segment_base_of, MIN_ALIGN, SLICES_PER_SEGMENT, SLICE_SHIFT, SLICE_SIZE};
 use crate::live;
 use crate::remote::{Notify, RemotePush};
-use crate::segment::{segment_of, Segment, HEADER_SLICES};
+use crate::segment::{self, segment_of, Segment, HEADER_SLICES};
 use crate::segment_map;
 use crate::span::{Span, SpanKind, TAG_QUEUED_SLAB};
 use crate::stats::bump;
@@ -22,8 +22,9 @@ use super::*;
 enum FreeStep {
     /// Freed.
     Done,
-    /// A block of a segment this heap does not own.
-    Other(*mut Segment),
+    /// Not a block of a segment this heap owns: another heap's, or not
+    /// this allocator's at all (the segment base `segment_base_of` gives).
+    Other(usize),
     /// Anything else: for the out-of-line paths.
     Slow,
 }
@@ -101,21 +102,20 @@ impl Heap {
     unsafe fn free_step(this: *mut Heap, p: *mut u8) -> FreeStep {
         let addr = p as usize;
         let seg_base = segment_base_of(addr);
-        if !segment_map::contains(seg_base) {
-            return FreeStep::Slow;
+        // The common case, checked cheaply: a block of one of our own
+        // segments (the segment map names the owner: one compare, nothing
+        // read at `seg_base` first), in the first slice of a queued slab
+        // (one tag compare). Everything else takes the fully validating
+        // slow path, as does every free of a heap with slow paths (its
+        // `fast_owner` is no heap's). Another heap's block goes to the
+        // remote path from here, without a second lookup.
+        // SAFETY: `this` is readable (the caller's contract).
+        if !segment::owned_by(seg_base, unsafe { (*this).fast_owner }) {
+            return FreeStep::Other(seg_base);
         }
-        // SAFETY: the segment map says a live segment header is there.
+        // SAFETY: the segment map says a live segment of ours is there.
         unsafe {
             let seg = seg_base as *mut Segment;
-            // The common case, checked cheaply: a carved block in the
-            // first slice of a queued slab of our own segment (one tag
-            // compare). Everything else takes the fully validating slow path,
-            // as does every free of a heap with slow paths (its
-            // `fast_owner` is no segment's). Another heap's block goes to
-            // the remote path from here, without a second lookup.
-            if (*seg).owner() != (*this).fast_owner {
-                return FreeStep::Other(seg);
-            }
             // The slice index, wrapped to the segment: the one pointer that
             // `segment_base_of` maps to this segment from outside it (its
             // end) lands on the header's descriptor, which is never a slab.
@@ -185,26 +185,29 @@ impl Heap {
         }
     }
 
-    /// A block of a segment the freeing heap does not own (or any block,
-    /// for a heap with slow paths): pushed to its owner when it is in the
-    /// first slice of a queued slab (the producer-consumer case), after the
-    /// fast path's checks; everything else goes to `slow`. Out of line, so
-    /// the inline free path stays short.
+    /// A pointer that is not a block of a segment the freeing heap owns
+    /// (or any pointer, for a heap with slow paths): another heap's block
+    /// is pushed to its owner when it is in the first slice of a queued
+    /// slab (the producer-consumer case), after the fast path's checks;
+    /// everything else (null, foreign pointers too) goes to `slow`. Out of
+    /// line, so the inline free path stays short.
     ///
     /// # Safety
-    /// As [`Heap::free_raw_or`]; `seg` is the live segment holding `p`.
+    /// As [`Heap::free_raw_or`]; `seg_base` is `segment_base_of(p)`.
     #[inline(never)]
     unsafe fn free_other_or(
         this: *mut Heap,
-        seg: *mut Segment,
+        seg_base: usize,
         p: *mut u8,
         slow: unsafe fn(*mut u8),
     ) {
         // SAFETY: the caller's contract; a heap without fast paths (slow
         // presets, `disable_fast_paths`, the placeholder) is only read: its
-        // frontend must see every free.
+        // frontend must see every free. A segment the map holds is live.
         unsafe {
-            if (*this).fast_owner != NO_SEGMENT_OWNER && (*this).free_remote_queued(seg, p as usize)
+            if (*this).fast_owner != NO_SEGMENT_OWNER
+                && segment_map::contains(seg_base)
+                && (*this).free_remote_queued(seg_base as *mut Segment, p as usize)
             {
                 return;
             }
@@ -589,7 +592,7 @@ impl Heap {
         unsafe {
             self.bins.remove(&mut (*seg).slices[HEADER_SLICES]);
             self.unlink_segment(seg);
-            (*seg).owner.store(0, Ordering::Release);
+            (*seg).set_owner(0);
             self.global.retire_segment(seg);
         }
     }

@@ -1,8 +1,6 @@
 //! The heap's segments: carving spans from them, getting more (adopting,
 //! mapping, reclaiming when memory is short) and linking them.
 
-use core::sync::atomic::Ordering;
-
 use crate::layout::SLICE_SIZE;
 use crate::segment::{Segment, HEADER_SLICES};
 use crate::span::SpanKind;
@@ -133,7 +131,7 @@ impl Heap {
         };
         // SAFETY: a new segment is exclusively ours.
         unsafe {
-            (*seg).owner.store(self.id(), Ordering::Release);
+            (*seg).set_owner(self.id());
             self.link_segment(seg);
             self.bins.insert(&mut (*seg).slices[HEADER_SLICES]);
         }
