@@ -269,11 +269,23 @@ impl Span {
             }
             let n = n as usize;
             let group = group.clamp(1, n);
+            // Each step takes 32 random bits, scaled to its range by a
+            // multiply (no division; the bias, under 2^-24 for ranges up
+            // to 256, does not matter for layout).
+            let mut bits = 0u64;
+            let mut have = 0u32;
             let mut start = 0;
             while start < n {
                 let end = (start + group).min(n);
                 for i in (start + 1..end).rev() {
-                    let j = start + (next_random(state) % ((i - start) as u64 + 1)) as usize;
+                    if have == 0 {
+                        bits = next_random(state);
+                        have = 2;
+                    }
+                    let r = bits & 0xffff_ffff;
+                    bits >>= 32;
+                    have -= 1;
+                    let j = start + ((r * ((i - start) as u64 + 1)) >> 32) as usize;
                     order.swap(i, j);
                 }
                 start = end;
