@@ -67,26 +67,31 @@ const TRIM_SLACK: usize = 32;
 const PURGE_CHECK_INTERVAL: u64 = 64;
 
 /// A thread's (or CPU's) private allocator state.
+///
+/// `repr(C)`, hot fields first: what the malloc and free fast paths read
+/// (the owner word, the check flags, the direct table's first entries)
+/// shares the record's first cache line.
+#[repr(C)]
 pub struct Heap {
-    /// Size-class queues of slabs with room, and the direct table.
-    queues: SlabQueues,
+    /// The owner word of this heap's segments (its id), or
+    /// [`NO_SEGMENT_OWNER`] when every free must take the slow path.
+    fast_owner: usize,
     /// The mitigations in force (a copy of the instance's, beside the hot
     /// fields).
     harden: Mitigations,
+    /// The malloc fast path's checks: both the link and the bitmap check
+    /// (true), or neither. The fast path is compiled once for each, so it
+    /// tests one flag instead of two; a preset with only one of them has
+    /// no direct table and allocates out of line.
+    fast_checks: bool,
     /// Set when a mitigation needs the out-of-line malloc and free paths
     /// (see [`Mitigations::SLOW_PATHS`]). The fast paths never test it:
     /// such a heap's direct table stays empty, so its malloc fast path
     /// finds no block, and its `fast_owner` matches no segment, so its
     /// free fast path finds no own block.
     slow_paths: bool,
-    /// The owner word of this heap's segments (its id), or
-    /// [`NO_SEGMENT_OWNER`] when every free must take the slow path.
-    fast_owner: usize,
-    /// The malloc fast path's checks: both the link and the bitmap check
-    /// (true), or neither. The fast path is compiled once for each, so it
-    /// tests one flag instead of two; a preset with only one of them has
-    /// no direct table and allocates out of line.
-    fast_checks: bool,
+    /// Size-class queues of slabs with room, and the direct table (first).
+    queues: SlabQueues,
     /// The delayed list's link key.
     key: usize,
     /// Layout randomness (slot order, slab secrets); never used for keys.
