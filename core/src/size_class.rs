@@ -41,6 +41,9 @@ pub const fn class_size(c: usize) -> usize {
 pub fn class_of(size: usize) -> usize {
     if size <= SMALL_LOOKUP_MAX {
         SMALL_LOOKUP[(size + 15) >> 4] as usize
+    } else if size <= MEDIUM_LOOKUP_MAX {
+        // SAFETY: `(size - 1) >> 7 < MEDIUM_LOOKUP.len()` for these sizes.
+        unsafe { *MEDIUM_LOOKUP.get_unchecked((size - 1) >> MEDIUM_SHIFT) as usize }
     } else {
         class_of_large(size)
     }
@@ -72,6 +75,25 @@ static SMALL_LOOKUP: [u8; SMALL_LOOKUP_MAX / 16 + 1] = {
     let mut i = 0;
     while i < t.len() {
         t[i] = class_of_const(i * 16) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Above `SMALL_LOOKUP_MAX`, classes are `1/8` of a power of two apart,
+/// so up to 64 KiB every class boundary is a multiple of 128 bytes: the
+/// class is one load by `(size - 1) / 128` (no bit scan, no shifts by a
+/// variable amount), for the sizes programs ask for most above 1 KiB.
+const MEDIUM_LOOKUP_MAX: usize = 64 * 1024;
+const MEDIUM_SHIFT: u32 = 7;
+static MEDIUM_LOOKUP: [u8; MEDIUM_LOOKUP_MAX >> MEDIUM_SHIFT] = {
+    let mut t = [0u8; MEDIUM_LOOKUP_MAX >> MEDIUM_SHIFT];
+    let mut i = SMALL_LOOKUP_MAX >> MEDIUM_SHIFT;
+    while i < t.len() {
+        // The sizes `(i << 7) + 1 ..= (i + 1) << 7` share a class: the
+        // boundaries in this range are multiples of 128.
+        t[i] = class_of_large((i << MEDIUM_SHIFT) + 1) as u8;
+        assert!(class_of_large((i + 1) << MEDIUM_SHIFT) == t[i] as usize);
         i += 1;
     }
     t

@@ -32,15 +32,23 @@ fn try_malloc_fast(size: usize) -> *mut u8 {
     unsafe { (*tls::heap()).try_malloc_fast(size) }
 }
 
-#[cold]
+/// Past the fast path: above the direct table, the class's current slab
+/// (inline, with no stack frame: its failure is a tail call), then
+/// everything else.
 #[inline(never)]
 fn malloc_slow(size: usize) -> *mut u8 {
-    // Above the direct table, the class's current slab first.
     // SAFETY: as in `try_malloc_fast`.
     let p = unsafe { (*tls::heap()).try_malloc_medium(size) };
     if !p.is_null() {
         return p;
     }
+    malloc_full(size)
+}
+
+/// [`malloc`] past the fast and the medium paths.
+#[cold]
+#[inline(never)]
+fn malloc_full(size: usize) -> *mut u8 {
     if leaks::enabled() {
         return leaks::watch(size, || allocate(size));
     }
@@ -81,10 +89,22 @@ pub fn malloc_c(size: usize) -> *mut u8 {
     malloc_slow_c(size)
 }
 
-#[cold]
+/// [`malloc_slow`] for the C ABI.
 #[inline(never)]
 fn malloc_slow_c(size: usize) -> *mut u8 {
-    let p = malloc_slow(size);
+    // SAFETY: as in `try_malloc_fast`.
+    let p = unsafe { (*tls::heap()).try_malloc_medium(size) };
+    if !p.is_null() {
+        return p;
+    }
+    malloc_full_c(size)
+}
+
+/// [`malloc_full`], setting `errno` on failure.
+#[cold]
+#[inline(never)]
+fn malloc_full_c(size: usize) -> *mut u8 {
+    let p = malloc_full(size);
     if p.is_null() {
         // SAFETY: the calling thread's errno location is always valid.
         unsafe { *libc::__errno_location() = libc::ENOMEM };
