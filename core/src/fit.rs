@@ -411,8 +411,12 @@ impl Fit {
     pub fn try_pop_quick(&mut self, size: usize, align: usize) -> QuickPop {
         // The list of the smallest block that holds `size` (a size is at
         // most `isize::MAX`, so the sum does not overflow).
-        let i = (size + HEADER).div_ceil(GRANULE).max(MIN_BLOCK / GRANULE);
-        if align > GRANULE || i >= QUICK_LISTS {
+        if align > GRANULE {
+            return QuickPop::Bins;
+        }
+        // (`div_ceil` would guard an overflow that cannot happen here.)
+        let i = ((size + HEADER + GRANULE - 1) / GRANULE).max(MIN_BLOCK / GRANULE);
+        if i >= QUICK_LISTS {
             return QuickPop::Bins;
         }
         let need = i * GRANULE;
