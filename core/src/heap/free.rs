@@ -25,6 +25,10 @@ enum FreeStep {
     /// Not a block of a segment this heap owns: another heap's, or not
     /// this allocator's at all (the segment base `segment_base_of` gives).
     Other(usize),
+    /// In a segment this heap owns, but not a block of the first slice of
+    /// a queued slab (a later slice of a slab of several, a slab parked
+    /// full, a large block, or misuse).
+    OwnOther(*mut Segment),
     /// Anything else: for the out-of-line paths.
     Slow,
 }
@@ -89,6 +93,7 @@ impl Heap {
             match Heap::free_step(this, p) {
                 FreeStep::Done => {}
                 FreeStep::Other(seg) => Heap::free_other_or(this, seg, p, slow),
+                FreeStep::OwnOther(seg) => Heap::free_own_or(this, seg, p, slow),
                 FreeStep::Slow => slow(p),
             }
         }
@@ -122,7 +127,7 @@ impl Heap {
             let idx = (addr >> SLICE_SHIFT) & (SLICES_PER_SEGMENT - 1);
             let d: *mut Span = (*seg).slices.as_mut_ptr().add(idx);
             if (*d).tag() != TAG_QUEUED_SLAB {
-                return FreeStep::Slow;
+                return FreeStep::OwnOther(seg);
             }
             let b = p as *mut Block;
             // From here on `this` owns the segment: a real heap.
@@ -212,6 +217,31 @@ impl Heap {
                 return;
             }
             slow(p)
+        }
+    }
+
+    /// A pointer into a segment the freeing heap owns that the fast path
+    /// passed over: a block of one of its slabs is freed after the fast
+    /// path's checks wherever in the slab it lies (blocks of 8 KiB and
+    /// more are mostly in later slices), without the frontend's slow
+    /// entry; everything else (large blocks, misuse) goes to `slow`. Out of
+    /// line, so the inline free path stays short.
+    ///
+    /// # Safety
+    /// As [`Heap::free_raw_or`]; `seg` is a live segment that `this` (a
+    /// real heap, then) owns, holding `p`.
+    #[inline(never)]
+    unsafe fn free_own_or(
+        this: *mut Heap,
+        seg: *mut Segment,
+        p: *mut u8,
+        slow: unsafe fn(*mut u8),
+    ) {
+        // SAFETY: the caller's contract: only a real heap owns segments.
+        unsafe {
+            if !(*this).free_own_slab_block(seg, p as usize) {
+                slow(p)
+            }
         }
     }
 
