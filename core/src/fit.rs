@@ -414,8 +414,10 @@ impl Fit {
         if align > GRANULE {
             return QuickPop::Bins;
         }
-        // (`div_ceil` would guard an overflow that cannot happen here.)
-        let i = ((size + HEADER + GRANULE - 1) / GRANULE).max(MIN_BLOCK / GRANULE);
+        // Rounded up by a shift: `div_ceil` would guard an overflow that
+        // cannot happen here.
+        let i =
+            ((size + HEADER + GRANULE - 1) >> GRANULE.trailing_zeros()).max(MIN_BLOCK / GRANULE);
         if i >= QUICK_LISTS {
             return QuickPop::Bins;
         }
