@@ -11,6 +11,8 @@
 #include <thread>
 #include <vector>
 
+#include <sys/resource.h>
+
 #define CHECK(cond)                                                                       \
     do {                                                                                  \
         if (!(cond)) {                                                                    \
@@ -202,12 +204,95 @@ static void containers() {
     consumer.join();
 }
 
+// Every form of operator new calls the installed new_handler while one is
+// installed, then throws (or returns null for the nothrow forms).
+static int handler_calls = 0;
+static void counting_handler() {
+    if (++handler_calls >= 3) std::set_new_handler(nullptr);
+}
+
+static void new_handler_is_called() {
+    const std::size_t huge = opaque(SIZE_MAX / 4);
+    for (int form = 0; form < 4; form++) {
+        handler_calls = 0;
+        std::set_new_handler(counting_handler);
+        bool thrown = false;
+        void *p = nullptr;
+        try {
+            switch (form) {
+            case 0: p = ::operator new(huge); break;
+            case 1: p = ::operator new(huge, std::align_val_t(64)); break;
+            case 2: p = ::operator new(huge, std::nothrow); break;
+            default: p = ::operator new(huge, std::align_val_t(64), std::nothrow); break;
+            }
+        } catch (const std::bad_alloc &) {
+            thrown = true;
+        }
+        CHECK(p == nullptr);
+        CHECK(thrown == (form < 2));
+        CHECK(handler_calls == 3);
+    }
+}
+
+// A handler that frees memory makes the retried allocation succeed: the
+// address space is capped, filled with 64 MiB blocks, and the handler
+// frees one of them for a `new` that did not fit.
+static void *reserve_blocks[64];
+static int reserve_count = 0;
+static void releasing_handler() {
+    ++handler_calls;
+    if (reserve_count > 0) {
+        std::free(reserve_blocks[--reserve_count]);
+    } else {
+        std::set_new_handler(nullptr);
+    }
+}
+
+static std::size_t mapped_bytes() {
+    std::FILE *f = std::fopen("/proc/self/statm", "r");
+    unsigned long pages = 0;
+    CHECK(f != nullptr);
+    CHECK(std::fscanf(f, "%lu", &pages) == 1);
+    std::fclose(f);
+    return pages * 4096;
+}
+
+static void new_handler_can_free_memory() {
+    const std::size_t block = 64u << 20;
+    struct rlimit old;
+    CHECK(getrlimit(RLIMIT_AS, &old) == 0);
+    struct rlimit capped = old;
+    capped.rlim_cur = mapped_bytes() + (512u << 20);
+    CHECK(setrlimit(RLIMIT_AS, &capped) == 0);
+    while (reserve_count < 64) {
+        void *p = std::malloc(block);
+        if (p == nullptr) break;
+        std::memset(p, 1, 4096);
+        reserve_blocks[reserve_count++] = p;
+    }
+    CHECK(reserve_count > 0 && reserve_count < 64);
+    const int filled = reserve_count;
+    handler_calls = 0;
+    std::set_new_handler(releasing_handler);
+    char *big = new char[opaque(block)];
+    escape(big);
+    big[0] = 1;
+    big[block - 1] = 2;
+    CHECK(handler_calls >= 1 && reserve_count < filled);
+    std::set_new_handler(nullptr);
+    delete[] big;
+    while (reserve_count > 0) std::free(reserve_blocks[--reserve_count]);
+    CHECK(setrlimit(RLIMIT_AS, &old) == 0);
+}
+
 int main() {
     plain_new_delete();
     sized_delete();
     aligned_new();
     huge_allocations_fail();
     containers();
+    new_handler_is_called();
+    new_handler_can_free_memory();
     std::printf("cxx_new: ok\n");
     return 0;
 }

@@ -6,12 +6,23 @@
 //! runtime's own `__cxa_allocate_exception`/`__cxa_throw`, found with
 //! `dlsym`. The exception unwinds through the `new` frame, which is why
 //! those functions use the "C-unwind" ABI.
+//!
+//! Before giving up, every form of `new` calls the program's
+//! `std::new_handler` (found the same way) and retries, for as long as
+//! one is installed, as the C++ standard asks: a handler may free memory
+//! and return, uninstall itself, throw `bad_alloc` or end the program.
+//! The `nothrow` forms call it too and return null once no handler is
+//! left; a handler that throws from inside one propagates its exception,
+//! as it does through mimalloc's and the C++ runtime's own
+//! `operator new`.
 
 use core::ffi::{c_char, c_void};
 
 use hosted as apex;
 
 type AllocException = unsafe extern "C" fn(usize) -> *mut c_void;
+type NewHandler = unsafe extern "C-unwind" fn();
+type GetNewHandler = unsafe extern "C" fn() -> Option<NewHandler>;
 type Throw = unsafe extern "C-unwind" fn(*mut c_void, *const c_void, *const c_void) -> !;
 
 fn lookup(name: &core::ffi::CStr) -> *mut c_void {
@@ -45,11 +56,48 @@ fn throw_bad_alloc() -> ! {
     }
 }
 
+/// The program's installed `std::new_handler`, if it has a C++ runtime
+/// and a handler is installed.
+fn new_handler() -> Option<NewHandler> {
+    // Looked up at each failure: a runtime loaded later (dlopen) counts,
+    // and a failing `new` is rare.
+    let get = lookup(c"_ZSt15get_new_handlerv");
+    if get.is_null() {
+        return None;
+    }
+    // SAFETY: the C++ runtime's `std::get_new_handler()`, which returns a
+    // function pointer or null.
+    unsafe {
+        let get: GetNewHandler = core::mem::transmute(get);
+        get()
+    }
+}
+
+/// What a `new` does once `alloc` failed: calls the new-handler and
+/// retries while one is installed; then null (`nothrow`) or `bad_alloc`.
+#[cold]
+#[inline(never)]
+fn new_failed(alloc: impl Fn() -> *mut u8, nothrow: bool) -> *mut c_void {
+    while let Some(handler) = new_handler() {
+        // SAFETY: the program's handler, called as `operator new` would;
+        // it may unwind (this path and its callers are "C-unwind").
+        unsafe { handler() };
+        let p = alloc();
+        if !p.is_null() {
+            return p as *mut c_void;
+        }
+    }
+    if nothrow {
+        return core::ptr::null_mut();
+    }
+    throw_bad_alloc()
+}
+
 #[inline(always)]
 fn new_or_throw(size: usize) -> *mut c_void {
     let p = apex::malloc(size);
     if p.is_null() {
-        throw_bad_alloc();
+        return new_failed(|| apex::malloc(size), false);
     }
     p as *mut c_void
 }
@@ -58,7 +106,7 @@ fn new_or_throw(size: usize) -> *mut c_void {
 fn new_aligned_or_throw(size: usize, align: usize) -> *mut c_void {
     let p = apex::malloc_aligned(size, align.max(1));
     if p.is_null() {
-        throw_bad_alloc();
+        return new_failed(|| apex::malloc_aligned(size, align.max(1)), false);
     }
     p as *mut c_void
 }
@@ -92,8 +140,12 @@ macro_rules! nothrow_new {
         /// # Safety
         /// As C++ `operator new(size_t, nothrow_t const&)`.
         #[no_mangle]
-        pub unsafe extern "C" fn $name(size: usize, _nt: *const c_void) -> *mut c_void {
-            apex::malloc(size) as *mut c_void
+        pub unsafe extern "C-unwind" fn $name(size: usize, _nt: *const c_void) -> *mut c_void {
+            let p = apex::malloc(size);
+            if p.is_null() {
+                return new_failed(|| apex::malloc(size), true);
+            }
+            p as *mut c_void
         }
     )*};
 }
@@ -104,8 +156,12 @@ macro_rules! nothrow_new_aligned {
         /// # Safety
         /// As C++ `operator new(size_t, align_val_t, nothrow_t const&)`.
         #[no_mangle]
-        pub unsafe extern "C" fn $name(size: usize, align: usize, _nt: *const c_void) -> *mut c_void {
-            apex::malloc_aligned(size, align.max(1)) as *mut c_void
+        pub unsafe extern "C-unwind" fn $name(size: usize, align: usize, _nt: *const c_void) -> *mut c_void {
+            let p = apex::malloc_aligned(size, align.max(1));
+            if p.is_null() {
+                return new_failed(|| apex::malloc_aligned(size, align.max(1)), true);
+            }
+            p as *mut c_void
         }
     )*};
 }
