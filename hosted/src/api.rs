@@ -37,12 +37,19 @@ fn try_malloc_fast(size: usize) -> *mut u8 {
 /// everything else.
 #[inline(never)]
 fn malloc_slow(size: usize) -> *mut u8 {
+    medium_or(size, malloc_full)
+}
+
+/// A block from the class's current slab (sizes above the direct table),
+/// else `full(size)` as a tail call.
+#[inline(always)]
+fn medium_or(size: usize, full: fn(usize) -> *mut u8) -> *mut u8 {
     // SAFETY: as in `try_malloc_fast`.
     let p = unsafe { (*tls::heap()).try_malloc_medium(size) };
     if !p.is_null() {
         return p;
     }
-    malloc_full(size)
+    full(size)
 }
 
 /// [`malloc`] past the fast and the medium paths.
@@ -92,12 +99,7 @@ pub fn malloc_c(size: usize) -> *mut u8 {
 /// [`malloc_slow`] for the C ABI.
 #[inline(never)]
 fn malloc_slow_c(size: usize) -> *mut u8 {
-    // SAFETY: as in `try_malloc_fast`.
-    let p = unsafe { (*tls::heap()).try_malloc_medium(size) };
-    if !p.is_null() {
-        return p;
-    }
-    malloc_full_c(size)
+    medium_or(size, malloc_full_c)
 }
 
 /// [`malloc_full`], setting `errno` on failure.
